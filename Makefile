@@ -1,0 +1,33 @@
+# `make test` and `make demo` create the virtual environment themselves on a fresh machine.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: test demo lint typecheck bench clean
+
+$(BIN)/featkit-installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+lint: $(BIN)/featkit-installed
+	$(BIN)/ruff check featkit tests benchmarks examples
+	$(BIN)/ruff format --check featkit tests benchmarks examples
+
+typecheck: $(BIN)/featkit-installed
+	$(BIN)/mypy featkit
+
+test: lint typecheck
+	$(BIN)/python -m pytest -q
+
+demo: $(BIN)/featkit-installed
+	$(BIN)/featkit demo
+
+bench: $(BIN)/featkit-installed
+	$(BIN)/python benchmarks/extract.py
+	$(BIN)/python benchmarks/probe.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache featkit_runs

@@ -1,0 +1,31 @@
+"""featkit: how far do frozen DINO features get you on a small, imbalanced image set?
+
+The public entry points are re-exported here lazily so that ``import featkit`` stays
+fast (torch, timm and h5py are imported only when a function that needs them is used).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# name -> module that defines it; resolved on first attribute access.
+_LAZY = {
+    "FeatkitError": "featkit.errors",
+    "create_backbone": "featkit.backbones",
+    "list_backbones": "featkit.backbones",
+    "open_store": "featkit.store",
+    "create_protocol": "featkit.protocols",
+    "list_protocols": "featkit.protocols",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'featkit' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

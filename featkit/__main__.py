@@ -1,0 +1,5 @@
+"""``python -m featkit`` (and ``torchrun -m featkit``) run the CLI."""
+
+from featkit.cli import main
+
+main()

@@ -1,0 +1,3 @@
+from featkit.cli import main
+
+main()

@@ -1,0 +1,20 @@
+"""Errors a user can fix.
+
+Library code raises :class:`FeatkitError` for bad input (a missing folder, a wrong
+image size, a store without labels). The CLI turns it into a one-line message and a
+non-zero exit; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class FeatkitError(Exception):
+    """A user mistake or bad input, reported as one line: what, expected, given."""
+
+
+class FingerprintMismatchError(FeatkitError):
+    """An existing store was made with other weights, preprocessing or precision."""
+
+
+class ImageDecodeError(FeatkitError):
+    """One image could not be decoded; the reason is recorded and the pass goes on."""
