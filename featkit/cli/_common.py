@@ -36,7 +36,7 @@ WORKSPACE_OPTION = typer.Option(
     None,
     "--workspace",
     "-w",
-    help="Workspace folder for stores and results [default: $FEATKIT_WORKSPACE or ./featkit_runs].",
+    help="Workspace folder for stores and results (default: $FEATKIT_WORKSPACE or ./featkit_runs).",
 )
 
 

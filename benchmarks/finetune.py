@@ -1,0 +1,69 @@
+"""Cost of one fine-tuning episode on the bundled digits set (docs/finetune.md).
+
+Writes the imbalanced digits (``featkit.digits.write_digits``), builds a ViT-S sized
+backbone (random weights: the cost does not depend on their values) and times one
+episode per method at ``shots=all`` with the default schedule, as ``featkit finetune``
+would run it::
+
+    python benchmarks/finetune.py [--model timm:vit_small_patch16_224] [--image-size 32]
+        [--methods lora,last-block,linear] [--max-per-class N] [--precision auto]
+        [--shots all] [--steps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from featkit.backbones import create_backbone
+from featkit.digits import write_digits
+from featkit.finetune import FinetuneSettings, labelled_images, run_finetune
+from featkit.metrics import balanced_accuracy
+from featkit.tune import seeded
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="timm:vit_small_patch16_224")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--methods", default="lora,last-block,linear")
+    parser.add_argument("--max-per-class", type=int, default=None)
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--shots", default="all")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = write_digits(Path(tmp) / "digits", size=64, max_per_class=args.max_per_class)
+        rows = labelled_images(root)
+        print(
+            f"digits: {len(rows.paths)} images; model {args.model} at {args.image_size} px",
+            flush=True,
+        )
+        for method in args.methods.split(","):
+            with seeded(0):
+                backbone = create_backbone(args.model, pretrained=False, image_size=args.image_size)
+            settings = FinetuneSettings(
+                method=method, precision=args.precision, device=args.device, steps=args.steps
+            )
+            start, cpu = time.perf_counter(), time.process_time()
+            run = run_finetune(rows, backbone, settings, shots=args.shots, n_episodes=1)
+            total, cpu = time.perf_counter() - start, time.process_time() - cpu
+            outcome = run.outcomes[-1]
+            print(
+                f"{method:>10}: {total:6.1f} s total ({cpu:.1f} CPU-s), "
+                f"{outcome.seconds:6.1f} s training "
+                f"({len(outcome.losses)} steps, {len(outcome.train_paths)} train images), "
+                f"trainable {outcome.trainable:,} of {outcome.total:,} "
+                f"({100 * outcome.trainable / outcome.total:.2f}%), "
+                f"loss {outcome.losses[0]:.2f} -> {outcome.losses[-1]:.2f}, "
+                f"balanced acc {balanced_accuracy(outcome.y_true, outcome.y_pred):.3f}",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

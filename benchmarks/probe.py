@@ -1,0 +1,236 @@
+"""Probe speed on synthetic features (issue 3, item 6). Not collected by pytest.
+
+1. The default sweep (knn, logistic, prototype, balanced, kmeans × shots 1, 5, 10, all
+   × 10 episodes) on 10,000 × 768 features of 20 imbalanced classes (20:1).
+2. ``logistic`` at ``all``: featkit (warm-started C path) against plain scikit-learn
+   ``LogisticRegression`` fitted once per C of the same official grid (45 values) on
+   the same hold-out, with the same selection rule (held-out balanced accuracy, ties to
+   the smallest C) and a refit on all training images. Reports the time ratio (target
+   ≥ 5×) and both selected models' test accuracy (target: within 0.5 points).
+
+Usage::
+
+    python benchmarks/probe.py                      # everything (scikit-learn part: minutes)
+    python benchmarks/probe.py --skip-sweep --json out.json
+    python benchmarks/probe.py --n 3000 --dim 256   # a quicker look
+
+Numbers depend on the machine and its load; record the CPU with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+import warnings
+
+import numpy as np
+
+from featkit.evaluate import EvalData, ProbeSettings, evaluate_arrays
+from featkit.metrics import balanced_accuracy
+from featkit.protocols import create_protocol
+from featkit.protocols.logistic import c_grid, selection_folds
+from featkit.splits import parse_shots, train_test_split
+
+
+def synthetic(
+    n: int = 10_000,
+    dim: int = 768,
+    classes: int = 20,
+    imbalance: float = 20.0,
+    separation: float = 0.25,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian classes whose means span a 64-d subspace, anisotropic noise, an offset.
+
+    Class sizes decay geometrically from the largest to ``largest / imbalance``; the
+    noise scale per dimension is log-normal, as in real embeddings, and the shared
+    offset makes centring matter.
+    """
+    rng = np.random.default_rng(seed)
+    share = imbalance ** (-np.arange(classes) / (classes - 1))
+    sizes = np.maximum(np.round(share / share.sum() * n).astype(int), 2)
+    sizes[0] += n - sizes.sum()
+    y = np.repeat(np.arange(classes), sizes)
+    basis = np.linalg.qr(rng.normal(size=(dim, 64)))[0]
+    means = rng.normal(size=(classes, 64)) @ basis.T * separation
+    scales = np.exp(rng.normal(size=dim) * 0.5) * 0.5
+    X = means[y] + rng.normal(size=(n, dim)) * scales + rng.normal(size=dim) * 2.0
+    return X.astype(np.float32), y.astype(np.int64)
+
+
+def sweep(X: np.ndarray, y: np.ndarray, episodes: int) -> dict[str, float]:
+    paths = [f"class{c:02d}/{i:06d}.png" for i, c in enumerate(y)]
+    data = EvalData("synthetic", "synthetic", paths, y, {"cls": X})
+    settings = ProbeSettings(shots=parse_shots("1,5,10,all"), episodes=episodes)
+    start = time.perf_counter()
+    result = evaluate_arrays(data, settings)
+    seconds = time.perf_counter() - start
+    timing = {"sweep_seconds": seconds, "sweep_rows": float(len(result.results))}
+    ba = result.results[result.results["metric"] == "balanced_accuracy"]
+    for (protocol, shots), group in ba.groupby(["protocol", "shots"]):
+        timing[f"balanced_accuracy/{protocol}/{shots}"] = float(group["value"].mean())
+    return timing
+
+
+def _sklearn_path(
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    held_out: np.ndarray,
+    tried: list[int],
+    max_iter: int,
+) -> tuple[float, int, object]:
+    """Plain scikit-learn: one cold-started fit per C, same hold-out and rule as featkit."""
+    from sklearn.linear_model import LogisticRegression
+
+    grid = c_grid()
+    scores = []
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning at large C, as for any user
+        for i in tried:
+            model = LogisticRegression(C=grid[i], max_iter=max_iter)
+            model.fit(X_train[~held_out], y_train[~held_out])
+            scores.append(balanced_accuracy(y_train[held_out], model.predict(X_train[held_out])))
+        best = tried[int(np.flatnonzero(np.array(scores) >= max(scores) - 1e-12)[0])]
+        final = LogisticRegression(C=grid[best], max_iter=max_iter).fit(X_train, y_train)
+    return time.perf_counter() - start, best, final
+
+
+def logistic_versus_sklearn(
+    X: np.ndarray, y: np.ndarray, sklearn_every: int, variants: list[str], max_iter: int
+) -> dict[str, float | str]:
+    """featkit's logistic at ``all`` against scikit-learn per C (see the module doc).
+
+    Variants: ``plain`` gives scikit-learn the features as they are; ``centred`` gives
+    it features centred with the training mean, which leaves every optimum unchanged
+    (the intercept is free) but lets a cold-started L-BFGS converge within
+    ``max_iter`` — separating solver speed from scikit-learn's convergence trouble.
+    ``reference`` refits scikit-learn at featkit's selected C to convergence;
+    ``converged`` reruns featkit's path with ``tol=1e-6, max_iter=1000``: with the
+    default tolerance the warm-started path stops moving once the gradient change
+    between neighbouring C falls below it, and this measures what that costs.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    paths = [f"class{c:02d}/{i:06d}.png" for i, c in enumerate(y)]
+    train, test = train_test_split(paths, y, None, seed=0)
+    X_train, y_train, X_test, y_test = X[train], y[train], X[test], y[test]
+
+    start = time.perf_counter()
+    ours = create_protocol("logistic", max_iter=max_iter).fit(X_train, y_train)
+    ours_seconds = time.perf_counter() - start
+    ours_predicted = ours.predict(X_test)
+    ours_accuracy = float(np.mean(ours_predicted == y_test))
+    numbers: dict[str, float | str] = {
+        "max_iter": float(max_iter),
+        "featkit_seconds": ours_seconds,
+        "featkit_C": float(ours.C_),
+        "featkit_test_accuracy": ours_accuracy,
+    }
+    folds = selection_folds(y_train)
+    if len(folds) != 1:
+        raise SystemExit("every class needs ≥ 10 training images for the hold-out: raise --n")
+    (held_out,) = folds
+    grid = c_grid()
+    tried = list(range(0, len(grid), sklearn_every))
+    mean = X_train.mean(axis=0)
+    for variant in variants:
+        if variant == "converged":  # featkit's own path solved tightly: same selection?
+            start = time.perf_counter()
+            tight = create_protocol("logistic", max_iter=1000, tol=1e-6).fit(X_train, y_train)
+            numbers["converged_seconds"] = time.perf_counter() - start
+            numbers["converged_C"] = float(tight.C_)
+            tight_accuracy = float(np.mean(tight.predict(X_test) == y_test))
+            numbers["converged_test_accuracy"] = tight_accuracy
+            numbers["accuracy_gap_points_vs_converged"] = 100 * abs(ours_accuracy - tight_accuracy)
+            continue
+        if variant == "reference":
+            ref = LogisticRegression(C=ours.C_, max_iter=5000, tol=1e-8)
+            ref.fit((X_train - mean).astype(np.float64), y_train)
+            predicted = ref.predict((X_test - mean).astype(np.float64))
+            numbers["reference_test_accuracy"] = float(np.mean(predicted == y_test))
+            numbers["reference_agreement"] = float(np.mean(predicted == ours_predicted))
+            continue
+        shift = mean if variant == "centred" else np.zeros_like(mean)
+        seconds, best, final = _sklearn_path(X_train - shift, y_train, held_out, tried, max_iter)
+        if sklearn_every > 1:  # a partial grid: scale the per-C fits to all 45 C
+            seconds *= (len(grid) + 1) / (len(tried) + 1)
+        predicted = final.predict(X_test - shift)  # type: ignore[attr-defined]
+        accuracy = float(np.mean(predicted == y_test))
+        numbers |= {
+            f"sklearn_{variant}_seconds": seconds,
+            f"sklearn_{variant}_seconds_is_estimate": "yes" if sklearn_every > 1 else "no",
+            f"sklearn_{variant}_C": float(grid[best]),
+            f"sklearn_{variant}_test_accuracy": accuracy,
+            f"speedup_vs_{variant}": seconds / ours_seconds,
+            f"accuracy_gap_points_vs_{variant}": 100 * abs(ours_accuracy - accuracy),
+            f"agreement_vs_{variant}": float(np.mean(predicted == ours_predicted)),
+        }
+    return numbers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--dim", type=int, default=768)
+    parser.add_argument("--classes", type=int, default=20)
+    parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--skip-sweep", action="store_true")
+    parser.add_argument("--skip-sklearn", action="store_true")
+    parser.add_argument(
+        "--sklearn-every",
+        type=int,
+        default=1,
+        help="fit scikit-learn on every N-th C only and scale its time (a quick estimate)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="BLAS threads for both featkit and scikit-learn (0 = library defaults); one "
+        "thread gives stable numbers on a shared machine",
+    )
+    parser.add_argument(
+        "--sklearn",
+        default="plain,centred,reference,converged",
+        help="baselines: plain, centred, reference, converged (comma-separated)",
+    )
+    parser.add_argument(
+        "--max-iter", type=int, default=100, help="L-BFGS iterations per C for both libraries"
+    )
+    parser.add_argument("--json", help="also write the numbers to this JSON file")
+    args = parser.parse_args()
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=args.threads or None):
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+
+    X, y = synthetic(args.n, args.dim, args.classes)
+    numbers: dict[str, float | str] = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"),
+        "blas_threads": args.threads or "default",
+        "data": f"{args.n} x {args.dim}, {args.classes} classes, sizes "
+        f"{np.bincount(y).max()}..{np.bincount(y).min()}",
+    }
+    if not args.skip_sweep:
+        numbers.update(sweep(X, y, args.episodes))
+        print(f"default sweep: {numbers['sweep_seconds']:.1f} s", flush=True)
+    if not args.skip_sklearn:
+        variants = [v.strip() for v in args.sklearn.split(",") if v.strip()]
+        numbers.update(logistic_versus_sklearn(X, y, args.sklearn_every, variants, args.max_iter))
+    for key, value in numbers.items():
+        print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(numbers, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()

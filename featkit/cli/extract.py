@@ -1,0 +1,192 @@
+"""``featkit extract``: the one expensive pass, images -> embedding store."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from featkit.cli._common import (
+    WORKSPACE_OPTION,
+    console,
+    out,
+    progress_bars,
+    resolve_workspace,
+    user_errors,
+)
+
+ORDER = 10
+
+# How many failed images the summary names before it only counts them.
+SHOWN_FAILURES = 5
+
+
+class PatchMode(str, Enum):
+    full = "full"
+    mean = "mean"
+    none = "none"
+
+
+class PrecisionChoice(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+def human_size(num_bytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if num_bytes < 1024 or unit == "GiB":
+            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024
+    return f"{num_bytes:.1f} GiB"
+
+
+@user_errors
+def extract_command(
+    data: Path = typer.Argument(..., help="Image folder (class sub-folders) or CSV manifest."),
+    model: str = typer.Option(
+        ..., "--model", "-m", help="Backbone: hub name, timm:<name>, hf:<id or folder>."
+    ),
+    weights: Path | None = typer.Option(
+        None, "--weights", help="Local checkpoint (.pth/.safetensors) instead of hub weights."
+    ),
+    image_size: int | None = typer.Option(
+        None, "--image-size", help="Input side in pixels, a multiple of the patch size."
+    ),
+    patches: PatchMode = typer.Option(
+        PatchMode.mean,
+        "--patches",
+        help="full: also store the float16 patch grid; mean: CLS + patch mean; none: CLS only.",
+    ),
+    precision: PrecisionChoice = typer.Option(
+        PrecisionChoice.auto,
+        "--precision",
+        help="auto: bf16 where the CPU (AMX/AVX-512-BF16) or GPU has it, else fp32.",
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
+    workers: int = typer.Option(
+        2, "--workers", help="Decode threads running beside the forward pass (0 = inline)."
+    ),
+    shard_size: int = typer.Option(
+        512, "--shard-size", help="Rows per shard file: the unit of crash recovery."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    out_path: Path | None = typer.Option(
+        None, "--out", help="Store file (default: <workspace>/<dataset>/<model>.h5)."
+    ),
+    name: str | None = typer.Option(
+        None,
+        "--name",
+        help="Model name in the store and its file name (two checkpoints of one model).",
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace a store made with other settings."
+    ),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="Decode images that failed last time again."
+    ),
+    random_init: bool = typer.Option(
+        False,
+        "--random-init",
+        help="Random weights (seeded) as a baseline; stored as <model>-random.",
+    ),
+    workspace: Path | None = WORKSPACE_OPTION,
+) -> None:
+    """Extract CLS and patch-mean embeddings of every image into one HDF5 store.
+
+    Safe to interrupt: the same command again resumes where it stopped.
+
+    After adding images, it extracts only the new ones.
+
+    Examples:
+
+        featkit extract data/flowers --model dinov2_vits14
+
+        featkit extract data/flowers --model dinov2_vitb14 --weights ckpt/dinov2_vitb14.pth
+
+        featkit extract labels.csv --model timm:vit_small_patch16_224.dino --patches full
+
+        featkit extract data/flowers --model dinov2_vits14 --random-init
+
+        torchrun --standalone --nproc-per-node 4 -m featkit extract data/ --model dinov2_vitb14
+    """
+    import os
+
+    import torch
+
+    from featkit.backbones import create_backbone
+    from featkit.data import discover
+    from featkit.distributed import context_from_env, process_group, rank_device
+    from featkit.errors import FeatkitError
+    from featkit.extract import ExtractSettings, extract
+    from featkit.progress import SILENT
+    from featkit.workspace import store_path
+
+    if random_init and weights is not None:
+        raise FeatkitError("--random-init: expected no --weights with it, got both")
+    # Under torchrun every copy of this command is one rank of the job; rank 0 talks.
+    ctx = context_from_env(os.environ)
+    device = rank_device(ctx, device, torch.cuda.is_available())
+    dataset = discover(data)
+    store_model = name or (f"{model}-random" if random_init else model)
+    target = out_path or store_path(resolve_workspace(workspace), dataset.name, store_model)
+    if random_init:
+        # Same seed every run (and on every rank), so that a resumed run has the same weights.
+        torch.manual_seed(0)
+    backbone = create_backbone(
+        model, weights=weights, image_size=image_size, pretrained=not random_init
+    )
+    settings = ExtractSettings(
+        patches=patches.value,
+        precision=precision.value,
+        batch_size=batch_size,
+        workers=workers,
+        shard_size=shard_size,
+        device=device,
+        model_name=store_model,
+        overwrite=overwrite,
+        retry_failed=retry_failed,
+    )
+    processes = f" ({ctx.world} processes)" if ctx.is_distributed else ""
+    if ctx.is_main:
+        console.print(
+            f"extracting [bold]{len(dataset)}[/] images of [bold]{dataset.name}[/] with "
+            f"[bold]{store_model}[/]{processes} -> {target}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    with process_group(ctx, device) as coordinator:
+        if ctx.is_main:
+            with progress_bars() as bars:
+                report = extract(dataset, backbone, target, settings, bars, coordinator)
+        else:
+            report = extract(dataset, backbone, target, settings, SILENT, coordinator)
+    if not ctx.is_main:
+        return
+    if report.up_to_date:
+        out.print(
+            f"{target}: up to date ({report.rows} rows, {len(report.failed)} failed), "
+            "nothing to extract",
+            highlight=False,
+            soft_wrap=True,
+        )
+    else:
+        out.print(
+            f"done: {report.rows} rows in {target} ({human_size(report.file_size)}); "
+            f"extracted {report.extracted}{' on rank 0' if processes else ''} at "
+            f"{report.images_per_second:.1f} img/s ({report.precision} on {report.device})"
+            f"{processes}, reused {report.reused}, {len(report.failed)} failed; "
+            f"{report.seconds:.1f} s",
+            highlight=False,
+            soft_wrap=True,
+        )
+    for path, reason in report.failed[:SHOWN_FAILURES]:
+        out.print(f"  failed: {path}: {reason}", highlight=False, soft_wrap=True)
+    if len(report.failed) > SHOWN_FAILURES:
+        out.print(f"  ... and {len(report.failed) - SHOWN_FAILURES} more (featkit info {target})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("extract")(extract_command)

@@ -1,0 +1,82 @@
+"""``featkit info``: what a store holds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from featkit.cli._common import out, user_errors
+
+ORDER = 11
+
+SHOWN_FAILURES = 5
+
+
+def _flatten(prefix: str, value: Any) -> list[tuple[str, str]]:
+    if isinstance(value, dict):
+        rows = []
+        for key in sorted(value):
+            rows += _flatten(f"{prefix}.{key}" if prefix else str(key), value[key])
+        return rows
+    return [(prefix, json.dumps(value) if isinstance(value, list) else str(value))]
+
+
+@user_errors
+def info_command(
+    store: Path = typer.Argument(..., help="A store file (<workspace>/<dataset>/<model>.h5)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Describe a store: rows, failures with reasons, labels, splits, fingerprint, size.
+
+    Examples:
+
+        featkit info featkit_runs/flowers/dinov2_vits14.h5
+
+        featkit info featkit_runs/flowers/dinov2_vits14.h5 --json
+    """
+    from rich.table import Table
+
+    from featkit.cli.extract import human_size
+    from featkit.store import open_store
+
+    with open_store(store) as opened:
+        summary = opened.summary()
+    if as_json:
+        out.print_json(json.dumps(summary))
+        return
+    table = Table(title=f"{summary['dataset']} / {summary['model']}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    table.add_row("file", f"{summary['path']} ({human_size(summary['file_size'])})")
+    table.add_row("rows", f"{summary['rows']}: {summary['ok']} ok, {summary['failed']} failed")
+    grid = summary["grid"]
+    kinds = ", ".join(summary["feature_kinds"])
+    table.add_row(
+        "features",
+        f"{kinds}; dim {summary['dim']}" + (f"; grid {grid[0]}x{grid[1]}" if grid else ""),
+    )
+    labels = summary["label_counts"]
+    table.add_row(
+        f"labels ({len(labels)})",
+        ", ".join(f"{k}: {v}" for k, v in labels.items()) or "(unlabelled)",
+    )
+    table.add_row(
+        "splits",
+        ", ".join(f"{k or '(none)'}: {v}" for k, v in summary["split_counts"].items()) or "-",
+    )
+    failures = summary["failures"]
+    if failures:
+        lines = [f"{p}: {r}" for p, r in failures[:SHOWN_FAILURES]]
+        if len(failures) > SHOWN_FAILURES:
+            lines.append(f"... and {len(failures) - SHOWN_FAILURES} more")
+        table.add_row("failed", "\n".join(lines))
+    for key, value in _flatten("", summary["fingerprint"]):
+        table.add_row(f"fingerprint.{key}", value)
+    out.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("info")(info_command)

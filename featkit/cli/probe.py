@@ -1,0 +1,215 @@
+"""``featkit probe``: zero-shot, few-shot and full-data protocols on stored features."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from featkit.cli._common import (
+    WORKSPACE_OPTION,
+    console,
+    out,
+    progress_bars,
+    resolve_workspace,
+    user_errors,
+)
+from featkit.errors import FeatkitError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from featkit.evaluate import ProtocolSpec
+
+ORDER = 20
+
+
+def _list(text: str, option: str, cast: Callable[[str], Any]) -> list[Any]:
+    values = []
+    for token in (t.strip() for t in text.split(",")):
+        if not token:
+            continue
+        try:
+            values.append(cast(token))
+        except ValueError:
+            raise FeatkitError(
+                f"{option}: expected a comma-separated list of {cast.__name__}, got {token!r}"
+            ) from None
+    return values
+
+
+def _specs(protocols: str, options: dict[str, dict[str, list[Any]]]) -> list[ProtocolSpec]:
+    from featkit.evaluate import protocol_grid
+    from featkit.protocols import get_protocol_class
+
+    names = list(dict.fromkeys(_list(protocols, "--protocols", str)))
+    if not names:
+        raise FeatkitError("--protocols: expected at least one protocol name, got none")
+    specs = []
+    for name in names:
+        get_protocol_class(name)  # unknown names fail here, with close matches
+        specs += protocol_grid(name, options.get(name, {}))
+    return specs
+
+
+def _label(spec: ProtocolSpec, varying: set[str]) -> str:
+    shown = [f"{k}={v}" for k, v in spec.params if k in varying]
+    return " ".join([spec.name, *shown])
+
+
+def _table(summary: pd.DataFrame, specs: Sequence[ProtocolSpec], shots: list[str]) -> Any:
+    from rich.table import Table
+
+    by_params: dict[tuple[str, str], ProtocolSpec] = {(s.name, s.params_string()): s for s in specs}
+    varying: dict[str, set[str]] = {}
+    for name in {s.name for s in specs}:
+        values = [dict(s.params) for s in specs if s.name == name]
+        settings = {k for v in values for k in v}
+        varying[name] = {k for k in settings if len({repr(v.get(k)) for v in values}) > 1}
+
+    rows = summary[summary["metric"] == "balanced_accuracy"]
+    many = {c: rows[c].nunique() > 1 for c in ("dataset", "feature")}
+    table = Table(title="balanced accuracy (mean ± 95% CI half-width over episodes)")
+    if many["dataset"]:
+        table.add_column("dataset", no_wrap=True)
+    table.add_column("model", no_wrap=True)
+    if many["feature"]:
+        table.add_column("feature", no_wrap=True)
+    table.add_column("protocol", no_wrap=True)
+    columns = [s for s in shots if s in set(rows["shots"])]
+    for s in columns:
+        table.add_column(f"{s}-shot" if s not in ("all", "0") else s, justify="right")
+    keys = ["dataset", "model", "feature", "protocol", "params"]
+    for key, group in rows.groupby(keys, sort=False):
+        dataset, model, feature, protocol, params = (str(part) for part in key)  # type: ignore[union-attr]
+        found = by_params.get((protocol, params))
+        label = _label(found, varying[protocol]) if found else protocol
+        cells = []
+        for s in columns:
+            hit = group[group["shots"] == s]
+            if hit.empty:
+                cells.append("")
+                continue
+            r = hit.iloc[0]
+            half = (r["ci95_high"] - r["ci95_low"]) / 2
+            cells.append(
+                f"{r['mean']:.3f} ± {half:.3f}" if r["n_episodes"] > 1 else f"{r['mean']:.3f}"
+            )
+        front = ([dataset] if many["dataset"] else []) + [model]
+        front += [feature] if many["feature"] else []
+        table.add_row(*front, label, *cells)
+    return table
+
+
+@user_errors
+def probe(
+    stores: list[Path] = typer.Argument(
+        None, help="Store files (.h5); default: every store of the workspace.", show_default=False
+    ),
+    shots: str = typer.Option(
+        "1,5,10,all", "--shots", help="Images per class: integers, fractions like 10%, 'all'."
+    ),
+    episodes: int = typer.Option(10, "--episodes", help="Episodes per few-shot setting (all: 1)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the train/test split and the episodes."),
+    test_fraction: float = typer.Option(
+        0.2, "--test-fraction", help="Test share per class when the data name no test split."
+    ),
+    protocols: str = typer.Option(
+        "knn,logistic,prototype,balanced,kmeans", "--protocols", help="Comma-separated protocols."
+    ),
+    feature: str = typer.Option(
+        "cls", "--feature", help="cls, patch_mean, cls+patch_mean; comma-separated for several."
+    ),
+    knn_k: str = typer.Option("20", "--knn-k", help="knn: neighbours (list: 10,20)."),
+    knn_t: str = typer.Option("0.07", "--knn-t", help="knn: temperature T of exp(sim/T) (list)."),
+    logistic_c: str = typer.Option(
+        "", "--logistic-c", help="logistic: fixed C (list); default: chosen on the official grid."
+    ),
+    logistic_max_iter: int = typer.Option(
+        100, "--logistic-max-iter", help="logistic: L-BFGS iterations per C."
+    ),
+    balanced_base: str = typer.Option(
+        "logistic", "--balanced-base", help="balanced: wrapped protocol (logistic, knn; list)."
+    ),
+    balanced_beta: str = typer.Option(
+        "0.999", "--balanced-beta", help="balanced: effective-number β in [0, 1) (list)."
+    ),
+    balanced_tau: str = typer.Option(
+        "1.0", "--balanced-tau", help="balanced: logit-adjustment τ ≥ 0 (list)."
+    ),
+    kmeans_n_init: int = typer.Option(3, "--kmeans-n-init", help="kmeans: restarts."),
+    workspace: Path | None = WORKSPACE_OPTION,
+) -> None:
+    """Evaluate stored features with k-NN, logistic regression, prototypes, class-balanced
+    and clustering protocols; write results/*.csv and print balanced accuracy.
+
+    Every model is scored on the same train/test split and few-shot episodes (a function
+    of image paths, labels and --seed). Rerunning replaces rows, it never duplicates them.
+
+    Examples:
+
+      featkit probe --shots 1,5,10
+
+      featkit probe runs/pets/dinov2_vits14.h5 --protocols knn,logistic --knn-k 10,20
+
+      featkit probe --shots 5,all --feature cls,cls+patch_mean --episodes 20 --seed 1
+
+      featkit probe --protocols balanced --balanced-beta 0.99,0.999 --balanced-tau 0,1
+    """
+    from featkit.evaluate import ProbeSettings
+    from featkit.evaluate import probe as run_probe
+    from featkit.results import summarize_results
+    from featkit.splits import parse_shots
+    from featkit.workspace import find_stores, results_dir
+
+    ws = resolve_workspace(workspace)
+    logistic: dict[str, list[Any]] = {"max_iter": [logistic_max_iter]}
+    if logistic_c.strip():
+        logistic["c"] = _list(logistic_c, "--logistic-c", float)
+    options: dict[str, dict[str, list[Any]]] = {
+        "knn": {"k": _list(knn_k, "--knn-k", int), "temperature": _list(knn_t, "--knn-t", float)},
+        "logistic": logistic,
+        "balanced": {
+            "base": _list(balanced_base, "--balanced-base", str),
+            "beta": _list(balanced_beta, "--balanced-beta", float),
+            "tau": _list(balanced_tau, "--balanced-tau", float),
+        },
+        "kmeans": {"n_init": [kmeans_n_init]},
+    }
+    specs = _specs(protocols, options)
+    kinds = list(dict.fromkeys(_list(feature, "--feature", str)))
+    unknown = [k for k in kinds if k not in ("cls", "patch_mean", "cls+patch_mean")]
+    if unknown or not kinds:
+        raise FeatkitError(
+            "--feature: expected cls, patch_mean or cls+patch_mean, "
+            f"got {', '.join(unknown) or 'nothing'}"
+        )
+    shot_list = parse_shots(shots)
+    settings = ProbeSettings(
+        protocols=tuple(specs),
+        shots=shot_list,
+        features=tuple(kinds),
+        episodes=episodes,
+        seed=seed,
+        test_fraction=test_fraction,
+    )
+    paths = list(stores) if stores else find_stores(ws)
+    if not paths:
+        raise FeatkitError(
+            f"workspace {ws}: expected stores (run featkit extract or featkit import first), "
+            "found none"
+        )
+    with progress_bars() as bars:
+        result = run_probe(paths, settings, workspace=ws, progress=bars)
+    summary = summarize_results(result.results)
+    order = ["0", *[str(s) for s in shot_list]]
+    out.print(_table(summary, specs, list(dict.fromkeys(order))))
+    console.print(
+        f"results: {results_dir(ws)}/results.csv, summary.csv, per_class.csv, confusion.csv"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("probe")(probe)

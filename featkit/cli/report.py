@@ -1,0 +1,101 @@
+"""`featkit report`: comparison tables, plots and report.html for a workspace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from featkit.cli._common import (
+    WORKSPACE_OPTION,
+    console,
+    out,
+    progress_bars,
+    resolve_workspace,
+    user_errors,
+)
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from featkit.report import ComparisonTable
+
+ORDER = 40
+
+
+@user_errors
+def report(
+    workspace_arg: Path | None = typer.Argument(
+        None,
+        metavar="WORKSPACE",
+        help="Workspace with results/ (default: --workspace, $FEATKIT_WORKSPACE, ./featkit_runs).",
+        show_default=False,
+    ),
+    metric: str = typer.Option(
+        "balanced_accuracy",
+        "--metric",
+        "-m",
+        help="Metric of the table and plots: balanced_accuracy, accuracy, macro_f1, ...",
+    ),
+    shots: str | None = typer.Option(
+        None,
+        "--shots",
+        help="Shot count for the confusion matrix of the best method (default: the largest).",
+    ),
+    out_dir: Path | None = typer.Option(
+        None, "--out", "-o", help="Folder for the report (default: WORKSPACE/report)."
+    ),
+    workspace: Path | None = WORKSPACE_OPTION,
+) -> None:
+    """Gather every result of a workspace into tables, plots and report.html.
+
+    Writes comparison.csv/.md/.tex (rows model x method, columns shots, cells
+    the metric as mean ± 95% CI in percent, best of each column marked), plots
+    of the metric versus shots, the confusion matrix of the best method,
+    per-class recall versus class size and a PCA map of each store, and one
+    self-contained report.html with everything embedded.
+
+    Examples:
+
+        featkit report
+
+        featkit report featkit_runs --metric macro_f1 --shots 10
+
+        featkit report -w runs/ --out /tmp/report
+    """
+    from featkit.report import write_report
+
+    root = workspace_arg if workspace_arg is not None else resolve_workspace(workspace)
+    with progress_bars() as progress:
+        files = write_report(
+            root, out_dir, metric=metric, shots=shots.strip() if shots else None, progress=progress
+        )
+    out.print(_rich_table(files.table))
+    for path in [*files.tables, *files.plots, files.html]:
+        console.print(f"wrote {path}", highlight=False)
+
+
+def _rich_table(table: ComparisonTable) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
+    shown = Table(title=f"{table.metric} (%, mean ± 95% CI; best of each column in bold)")
+    wide = table.wide()
+    for column in wide.columns:
+        left = column in ("dataset", "model", "method")
+        shown.add_column(str(column), justify="left" if left else "right")
+    best = table.best_cells()
+    rows = zip(table.rows, wide.itertuples(index=False), strict=True)
+    for (dataset, model, method), record in rows:
+        # Text, not markup strings: labels such as "knn [cls]" must not be read as markup.
+        cells = [
+            Text(str(value), style="bold green" if (dataset, model, method, column) in best else "")
+            for column, value in zip(wide.columns, record, strict=True)
+        ]
+        shown.add_row(*cells)
+    return shown
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(report)

@@ -1,0 +1,400 @@
+"""The probe sweep: features × shots × episodes × protocols → result rows.
+
+:func:`evaluate_arrays` works on plain arrays (tests need no store); :func:`probe_store`
+reads a store through :func:`featkit.open_store` and validates it; :func:`probe` runs
+several stores and merges the rows into a workspace through :mod:`featkit.results`.
+
+Every protocol of one store sees the same episodes (:func:`featkit.splits.episodes`),
+and supervised protocols are fitted on ``X[train]`` and scored on ``X[test]``.
+Label-free protocols run at ``shots = 0`` on the test images, once per episode with the
+episode number as their seed, ``k`` = number of test classes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+
+from featkit.errors import FeatkitError
+from featkit.metrics import (
+    classification_metrics,
+    clustering_metrics,
+    match_clusters,
+    per_class_recall,
+)
+from featkit.progress import SILENT, Progress
+from featkit.protocols import Protocol, create_protocol, get_protocol_class
+from featkit.results import (
+    CONFUSION_COLUMNS,
+    PER_CLASS_COLUMNS,
+    RESULT_COLUMNS,
+    canonical_params,
+    result_rows,
+    run_id,
+    write_results,
+)
+from featkit.splits import (
+    DEFAULT_EPISODES,
+    DEFAULT_TEST_FRACTION,
+    Episode,
+    Shots,
+    episodes,
+    parse_shots,
+)
+
+DEFAULT_PROTOCOLS = ("knn", "logistic", "prototype", "balanced", "kmeans")
+FEATURE_KINDS = ("cls", "patch_mean", "cls+patch_mean")
+
+
+@dataclass(frozen=True)
+class ProtocolSpec:
+    """A protocol name with its settings; ``create()`` makes a fresh, unfitted instance."""
+
+    name: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def of(cls, name: str, **params: Any) -> ProtocolSpec:
+        return cls(name, tuple(sorted(params.items())))
+
+    def create(self) -> Protocol:
+        return create_protocol(self.name, **dict(self.params))
+
+    @property
+    def supervised(self) -> bool:
+        return get_protocol_class(self.name).supervised
+
+    def params_string(self) -> str:
+        """Canonical ``key=value;…`` of every setting, defaults included (``run_id`` input).
+
+        A label-free protocol's ``seed`` is left out: the evaluation sets it to the
+        episode number, so episodes of one setting share one ``params``.
+        """
+        settings = self.create().get_params()
+        if not self.supervised:
+            settings.pop("seed", None)
+        return canonical_params(settings)
+
+
+def protocol_grid(
+    name: str, options: Mapping[str, Sequence[Any]] | None = None
+) -> list[ProtocolSpec]:
+    """One spec per combination: ``("knn", {"k": [10, 20]})`` → knn(k=10), knn(k=20)."""
+    options = {k: list(v) for k, v in (options or {}).items() if len(v)}
+    keys = sorted(options)
+    return [
+        ProtocolSpec(name, tuple(zip(keys, values, strict=True)))
+        for values in itertools.product(*(options[k] for k in keys))
+    ]
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """What to evaluate; every field has the documented default."""
+
+    protocols: tuple[ProtocolSpec, ...] = tuple(ProtocolSpec(n) for n in DEFAULT_PROTOCOLS)
+    shots: tuple[Shots, ...] = parse_shots("1,5,10,all")
+    features: tuple[str, ...] = ("cls",)  # "cls" | "patch_mean" | "cls+patch_mean"
+    episodes: int = DEFAULT_EPISODES  # per few-shot setting; "all" always has one
+    seed: int = 0  # drives the train/test split and the episodes
+    test_fraction: float = DEFAULT_TEST_FRACTION  # when the data name no test split
+
+
+@dataclass
+class EvalData:
+    """The arrays of one store that an evaluation needs (row-aligned)."""
+
+    dataset: str
+    model: str
+    paths: list[str]
+    labels: NDArray[np.int64]  # -1 = unlabelled
+    features: dict[str, NDArray[np.float32]]  # kind → [N, D]
+    splits: list[str] | None = None
+    label_names: tuple[str, ...] = ()
+    fingerprint: Mapping[str, Any] | str = ""
+    store: str = ""
+
+
+@dataclass
+class ProbeResults:
+    """Long result rows plus per-class recall and confusion counts (contract columns)."""
+
+    results: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=list(RESULT_COLUMNS))
+    )
+    per_class: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=list(PER_CLASS_COLUMNS))
+    )
+    confusion: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=list(CONFUSION_COLUMNS))
+    )
+
+    @classmethod
+    def concat(cls, parts: Iterable[ProbeResults]) -> ProbeResults:
+        parts = list(parts)
+        if not parts:
+            return cls()
+
+        def join(frames: list[pd.DataFrame], columns: tuple[str, ...]) -> pd.DataFrame:
+            frames = [f for f in frames if not f.empty]
+            return (
+                pd.concat(frames, ignore_index=True)
+                if frames
+                else pd.DataFrame(columns=list(columns))
+            )
+
+        return cls(
+            join([p.results for p in parts], RESULT_COLUMNS),
+            join([p.per_class for p in parts], PER_CLASS_COLUMNS),
+            join([p.confusion for p in parts], CONFUSION_COLUMNS),
+        )
+
+
+def _check_data(data: EvalData, settings: ProbeSettings) -> None:
+    where = f"store {data.store}" if data.store else f"{data.dataset}/{data.model}"
+    names = [spec.name for spec in settings.protocols]
+    if not names:
+        raise FeatkitError("--protocols: expected at least one protocol, got none")
+    if not np.any(np.asarray(data.labels) >= 0):
+        raise FeatkitError(
+            f"{where}: expected labels for protocol(s) {', '.join(dict.fromkeys(names))}, "
+            "got none (every image is unlabelled); extract a labelled folder or import a "
+            "labels CSV"
+        )
+    for kind in settings.features:
+        X = data.features.get(kind)
+        if X is None:
+            raise FeatkitError(f"{where}: expected feature kind {kind!r}, it is not available")
+        bad = ~np.isfinite(X).all(axis=1)
+        if bad.any():
+            first = data.paths[int(np.flatnonzero(bad)[0])]
+            raise FeatkitError(
+                f"{where}: expected finite {kind} features, got NaN/inf in {int(bad.sum())} "
+                f"image(s) (e.g. {first}); extract them again or remove them"
+            )
+
+
+def _episodes(
+    data: EvalData, settings: ProbeSettings, with_zero: bool, warn: bool = True
+) -> list[Episode]:
+    shots = set(settings.shots) | ({Shots("zero")} if with_zero else set())
+    ordered = sorted(shots, key=lambda s: s.sort_key)
+    try:
+        return list(
+            episodes(
+                data.paths,
+                data.labels,
+                data.splits,
+                ordered,
+                settings.episodes,
+                settings.seed,
+                settings.test_fraction,
+                data.label_names,
+                warn=warn,
+            )
+        )
+    except FeatkitError as error:
+        where = f"store {data.store}" if data.store else f"{data.dataset}/{data.model}"
+        raise FeatkitError(f"{where}: {error}") from None
+
+
+def _class_name(data: EvalData, label: int) -> str:
+    if 0 <= label < len(data.label_names):
+        return data.label_names[label]
+    return str(label)
+
+
+def _scores(model: Protocol, X: NDArray[np.float32]) -> NDArray | None:
+    for method in ("predict_proba", "decision_function"):
+        if hasattr(model, method):
+            return np.asarray(getattr(model, method)(X))
+    return None
+
+
+def _label_free(spec: ProtocolSpec, episode: int, n_classes: int) -> Protocol:
+    """A label-free protocol seeded by the episode, with k = classes unless set."""
+    settings = dict(spec.params)
+    names = get_protocol_class(spec.name).param_names()
+    if "seed" in names:
+        settings["seed"] = episode
+    if "n_clusters" in names and settings.get("n_clusters") is None:
+        settings["n_clusters"] = n_classes
+    return create_protocol(spec.name, **settings)
+
+
+def evaluate_arrays(
+    data: EvalData, settings: ProbeSettings = ProbeSettings(), progress: Progress = SILENT
+) -> ProbeResults:
+    """Run the sweep on one data set's arrays; nothing is written."""
+    _check_data(data, settings)
+    supervised = [s for s in settings.protocols if s.supervised]
+    label_free = [s for s in settings.protocols if not s.supervised]
+    draws = _episodes(data, settings, with_zero=bool(label_free))
+    labelled_draws = [e for e in draws if e.shots.kind != "zero"]
+    zero_draws = [e for e in draws if e.shots.kind == "zero"]
+    total = len(settings.features) * (
+        len(supervised) * len(labelled_draws) + len(label_free) * len(zero_draws)
+    )
+    params = {spec: spec.params_string() for spec in settings.protocols}
+    y = np.asarray(data.labels, dtype=np.int64)
+    rows: list[dict[str, Any]] = []
+    per_class: list[dict[str, Any]] = []
+    confusion: list[dict[str, Any]] = []
+    task = progress.task(f"probe {data.dataset}/{data.model}", total)
+    try:
+        for kind in settings.features:
+            X = data.features[kind]
+            jobs = [(spec, draw) for draw in labelled_draws for spec in supervised]
+            jobs += [(spec, draw) for draw in zero_draws for spec in label_free]
+            for spec, draw in jobs:
+                base = {
+                    "dataset": data.dataset,
+                    "model": data.model,
+                    "feature": kind,
+                    "protocol": spec.name,
+                    "params": params[spec],
+                    "shots": str(draw.shots),
+                    "episode": draw.episode,
+                    "effective_shots": draw.effective_shots,
+                    "n_train": int(draw.train.size),
+                    "n_test": int(draw.test.size),
+                    "seed": settings.seed,
+                    "run_id": run_id(
+                        data.fingerprint,
+                        kind,
+                        spec.name,
+                        params[spec],
+                        str(draw.shots),
+                        settings.seed,
+                        draw.episode,
+                        test_fraction=settings.test_fraction,
+                    ),
+                    "store": data.store,
+                }
+                y_test = y[draw.test]
+                if spec.supervised:
+                    model = spec.create().fit(X[draw.train], y[draw.train])
+                    predicted = model.predict(X[draw.test])
+                    metrics = classification_metrics(
+                        y_test, predicted, _scores(model, X[draw.test]), model.classes_.tolist()
+                    )
+                else:
+                    model = _label_free(spec, draw.episode, int(np.unique(y_test).size))
+                    clusters = model.fit(X[draw.test]).predict(X[draw.test])
+                    metrics = clustering_metrics(y_test, clusters)
+                    predicted = match_clusters(y_test, clusters)
+                rows += result_rows(base, metrics)
+                per_class += _per_class_rows(data, base, y[draw.train], y_test, predicted)
+                confusion += _confusion_rows(data, base, y_test, predicted)
+                task.advance(1, protocol=spec.name, shots=str(draw.shots))
+    finally:
+        task.close()
+    return ProbeResults(
+        pd.DataFrame(rows, columns=list(RESULT_COLUMNS)),
+        pd.DataFrame(per_class, columns=list(PER_CLASS_COLUMNS)),
+        pd.DataFrame(confusion, columns=list(CONFUSION_COLUMNS)),
+    )
+
+
+_KEY_COLUMNS = ("dataset", "model", "feature", "protocol", "params", "shots", "episode", "run_id")
+
+
+def _per_class_rows(
+    data: EvalData,
+    base: Mapping[str, Any],
+    y_train: NDArray[np.int64],
+    y_test: NDArray[np.int64],
+    predicted: NDArray[np.int64],
+) -> list[dict[str, Any]]:
+    classes = np.union1d(np.unique(y_train), np.unique(y_test))
+    recalls = per_class_recall(y_test, predicted, classes.tolist())
+    key = {c: base[c] for c in _KEY_COLUMNS}
+    return [
+        {
+            **key,
+            "class": _class_name(data, int(c)),
+            "n_train": int(np.sum(y_train == c)),
+            "n_test": int(np.sum(y_test == c)),
+            "recall": float(r),
+        }
+        for c, r in zip(classes, recalls, strict=True)
+    ]
+
+
+def _confusion_rows(
+    data: EvalData, base: Mapping[str, Any], y_test: NDArray[np.int64], predicted: NDArray[np.int64]
+) -> list[dict[str, Any]]:
+    """Non-zero cells only: a long table of every zero would dwarf the results."""
+    pairs, counts = np.unique(np.stack([y_test, predicted]), axis=1, return_counts=True)
+    key = {c: base[c] for c in _KEY_COLUMNS}
+    return [
+        {
+            **key,
+            "true": _class_name(data, int(t)),
+            "pred": _class_name(data, int(p)) if p >= 0 else "(unmatched)",
+            "count": int(n),
+        }
+        for (t, p), n in zip(pairs.T, counts, strict=True)
+    ]
+
+
+def load_store(path: Path, features: Sequence[str]) -> EvalData:
+    """The arrays of a store's ok rows for ``features`` (failed rows are left out)."""
+    from featkit.store import open_store
+
+    with open_store(path) as store:
+        arrays = {kind: store.features(kind) for kind in features}
+        fingerprint = store.fingerprint or {"dataset": store.dataset, "model": store.model}
+        return EvalData(
+            dataset=store.dataset,
+            model=store.model,
+            paths=store.paths(),
+            labels=store.labels(),
+            features=arrays,
+            splits=store.splits(),
+            label_names=tuple(store.label_names),
+            fingerprint=json.loads(json.dumps(fingerprint, sort_keys=True, default=str)),
+            store=str(path),
+        )
+
+
+def probe_store(
+    path: Path, settings: ProbeSettings = ProbeSettings(), progress: Progress = SILENT
+) -> ProbeResults:
+    return evaluate_arrays(load_store(Path(path), settings.features), settings, progress)
+
+
+def probe(
+    stores: Sequence[Path],
+    settings: ProbeSettings = ProbeSettings(),
+    workspace: Path | None = None,
+    progress: Progress = SILENT,
+) -> ProbeResults:
+    """Evaluate every store; with ``workspace``, merge the rows into its results CSVs.
+
+    Each store is validated (labels, finite features, classes, shots) before any is
+    evaluated, so a bad store fails in seconds rather than after the others' sweeps.
+    Rows are written once per store, so an interrupted probe keeps the stores done.
+    """
+    if not stores:
+        raise FeatkitError("stores: expected at least one store, got none")
+    for path in stores:  # validate everything first; arrays are read again below
+        item = load_store(Path(path), settings.features)
+        _check_data(item, settings)
+        _episodes(item, settings, with_zero=False, warn=False)  # warnings come once, below
+        del item
+    parts = []
+    for path in stores:
+        result = evaluate_arrays(load_store(Path(path), settings.features), settings, progress)
+        if workspace is not None:
+            write_results(workspace, result.results, result.per_class, result.confusion)
+        parts.append(result)
+    return ProbeResults.concat(parts)

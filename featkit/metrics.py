@@ -1,0 +1,204 @@
+"""Classification and clustering metrics, and statistics over episodes.
+
+Everything is computed from integer labels (``y_true``, ``y_pred``: ``[N]``) and, where
+a protocol has them, per-class scores (``[N, C]``, higher = more likely; probabilities or
+logits). Conventions, chosen to match scikit-learn:
+
+* ``balanced_accuracy``: mean recall over the classes present in ``y_true``.
+* ``macro_f1``: mean F1 over the classes present in ``y_true`` or ``y_pred``; a class
+  never predicted has F1 0.
+* ``macro_auroc``: one-vs-rest ROC AUC averaged over the classes, from the scores. It
+  is only defined when the scored classes and the test classes are the same set (each
+  class has positives and negatives); otherwise it is ``None`` and no row is written.
+* Over episodes: mean, sample standard deviation and a Student-t 95% interval. One
+  episode gives ``std = 0`` and an interval equal to the mean: there is nothing to
+  estimate the spread from, so the interval is degenerate rather than invented.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy import stats
+
+from featkit.errors import FeatkitError
+
+
+def _labels(y: ArrayLike, name: str) -> NDArray[np.int64]:
+    array = np.asarray(y)
+    if array.ndim != 1:
+        raise FeatkitError(f"{name}: expected a 1-D array of labels, got {array.ndim}-D")
+    return array.astype(np.int64, copy=False)
+
+
+def _pair(y_true: ArrayLike, y_pred: ArrayLike) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    t, p = _labels(y_true, "y_true"), _labels(y_pred, "y_pred")
+    if t.shape != p.shape:
+        raise FeatkitError(f"y_pred: expected {t.shape[0]} labels like y_true, got {p.shape[0]}")
+    if t.size == 0:
+        raise FeatkitError("y_true: expected at least one test label, got none")
+    return t, p
+
+
+def _positions(order: NDArray[np.int64], values: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Index of each value in ``order`` (any order, unique), -1 where absent."""
+    if order.size == 0:
+        return np.full(values.shape, -1, dtype=np.int64)
+    sorter = np.argsort(order, kind="stable")
+    found = np.clip(np.searchsorted(order, values, sorter=sorter), 0, order.size - 1)
+    index = sorter[found]
+    return np.where(order[index] == values, index, -1).astype(np.int64)
+
+
+def confusion_counts(
+    y_true: ArrayLike, y_pred: ArrayLike, labels: Sequence[int] | None = None
+) -> NDArray[np.int64]:
+    """``[L, L]`` counts, row = true class, column = predicted class, in ``labels`` order.
+
+    ``labels`` defaults to the sorted union of both arrays; pairs outside it are ignored.
+    """
+    t, p = _pair(y_true, y_pred)
+    order = np.unique(np.concatenate([t, p])) if labels is None else np.asarray(labels, np.int64)
+    ti, pi = _positions(order, t), _positions(order, p)
+    keep = (ti >= 0) & (pi >= 0)
+    size = len(order)
+    flat = np.bincount(ti[keep] * size + pi[keep], minlength=size * size)
+    return flat.reshape(size, size).astype(np.int64)
+
+
+def accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> float:
+    t, p = _pair(y_true, y_pred)
+    return float(np.mean(t == p))
+
+
+def per_class_recall(
+    y_true: ArrayLike, y_pred: ArrayLike, labels: Sequence[int]
+) -> NDArray[np.float64]:
+    """Recall per class of ``labels``, ``[L]``; NaN for a class with no test images."""
+    t, p = _pair(y_true, y_pred)
+    recalls = np.full(len(labels), np.nan)
+    for i, label in enumerate(labels):
+        mask = t == label
+        if mask.any():
+            recalls[i] = float(np.mean(p[mask] == label))
+    return recalls
+
+
+def balanced_accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> float:
+    t, p = _pair(y_true, y_pred)
+    return float(np.mean(per_class_recall(t, p, np.unique(t).tolist())))
+
+
+def macro_f1(y_true: ArrayLike, y_pred: ArrayLike) -> float:
+    t, p = _pair(y_true, y_pred)
+    cm = confusion_counts(t, p)
+    tp = np.diag(cm).astype(np.float64)
+    denom = cm.sum(axis=0) + cm.sum(axis=1)  # = 2·TP + FP + FN
+    f1 = np.divide(2.0 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    return float(np.mean(f1))
+
+
+def _binary_auroc(positive: NDArray[np.bool_], scores: NDArray[np.float64]) -> float:
+    # Mann–Whitney U with mid-ranks for ties: AUROC = P(score⁺ > score⁻) + ½·P(tie).
+    ranks = stats.rankdata(scores)
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def macro_auroc(y_true: ArrayLike, scores: ArrayLike, classes: Sequence[int]) -> float | None:
+    """One-vs-rest AUROC averaged over ``classes`` (the columns of ``scores``), or None.
+
+    None when the test labels and the scored classes differ as sets, or when there are
+    fewer than two classes: some one-vs-rest curve would have no positives or negatives.
+    """
+    t = _labels(y_true, "y_true")
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 2 or s.shape != (t.size, len(classes)):
+        raise FeatkitError(
+            f"scores: expected shape ({t.size}, {len(classes)}), got {tuple(np.shape(s))}"
+        )
+    if len(classes) < 2 or set(np.unique(t).tolist()) != {int(c) for c in classes}:
+        return None
+    return float(np.mean([_binary_auroc(t == c, s[:, i]) for i, c in enumerate(classes)]))
+
+
+def classification_metrics(
+    y_true: ArrayLike,
+    y_pred: ArrayLike,
+    scores: ArrayLike | None = None,
+    classes: Sequence[int] | None = None,
+) -> dict[str, float]:
+    """``accuracy``, ``balanced_accuracy``, ``macro_f1`` and, where defined, ``macro_auroc``."""
+    result = {
+        "accuracy": accuracy(y_true, y_pred),
+        "balanced_accuracy": balanced_accuracy(y_true, y_pred),
+        "macro_f1": macro_f1(y_true, y_pred),
+    }
+    if scores is not None and classes is not None:
+        auroc = macro_auroc(y_true, scores, classes)
+        if auroc is not None:
+            result["macro_auroc"] = auroc
+    return result
+
+
+def match_clusters(y_true: ArrayLike, clusters: ArrayLike) -> NDArray[np.int64]:
+    """Relabel cluster ids with the classes of a one-to-one (Hungarian) matching, ``[N]``.
+
+    The matching maximises the number of agreeing images. Clusters left unmatched (more
+    clusters than classes) get label ``-1`` and count as errors.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    t, c = _pair(y_true, clusters)
+    classes, cluster_ids = np.unique(t), np.unique(c)
+    table = confusion_counts(c, t, labels=np.union1d(cluster_ids, classes).tolist())
+    order = np.union1d(cluster_ids, classes)
+    rows = np.searchsorted(order, cluster_ids)
+    cols = np.searchsorted(order, classes)
+    sub = table[np.ix_(rows, cols)]
+    r, k = linear_sum_assignment(sub, maximize=True)
+    mapping = {int(cluster_ids[i]): int(classes[j]) for i, j in zip(r, k, strict=True)}
+    return np.array([mapping.get(int(v), -1) for v in c], dtype=np.int64)
+
+
+def clustering_metrics(y_true: ArrayLike, clusters: ArrayLike) -> dict[str, float]:
+    """Hungarian-matched ``accuracy``/``balanced_accuracy``/``macro_f1``, plus ``nmi``, ``ari``."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    t, c = _pair(y_true, clusters)
+    matched = match_clusters(t, c)
+    result = classification_metrics(t, matched)
+    result["nmi"] = float(normalized_mutual_info_score(t, c))
+    result["ari"] = float(adjusted_rand_score(t, c))
+    return result
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean ± spread of one metric over episodes."""
+
+    mean: float
+    std: float  # sample standard deviation (ddof=1); 0 for a single episode
+    ci95_low: float  # Student-t 95% interval of the mean; equal to the mean for one episode
+    ci95_high: float
+    n_episodes: int
+
+
+def summarize(values: ArrayLike) -> Summary:
+    """Mean, std and 95% t-interval of per-episode values (NaN values are dropped)."""
+    array = np.asarray(values, dtype=np.float64).ravel()
+    array = array[np.isfinite(array)]
+    n = int(array.size)
+    if n == 0:
+        return Summary(math.nan, math.nan, math.nan, math.nan, 0)
+    mean = float(array.mean())
+    if n == 1:
+        return Summary(mean, 0.0, mean, mean, 1)
+    std = float(array.std(ddof=1))
+    half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+    return Summary(mean, std, mean - half, mean + half, n)

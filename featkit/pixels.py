@@ -1,0 +1,81 @@
+"""The ``pixels`` backbone: the image itself, resized, as the feature vector.
+
+The baseline every table needs: if a backbone does not beat raw pixels on a data set,
+its features add nothing there. Features are the RGB values in [0, 1] (no mean/std
+normalisation, so cosine k-NN compares raw intensities) of the image resized and
+centre-cropped to ``image_size`` (default 32 px), flattened channel-first: ``D =
+3 * image_size**2``.
+
+To fit the :class:`~featkit.backbones.Backbone` contract the whole image is one
+"patch": ``patch_size == image_size``, the grid is 1x1, and CLS, the single patch and
+therefore the patch mean are all the same vector. There are no weights: ``weights`` is
+refused and ``pretrained`` changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from featkit.backbones import Backbone, Preprocessing, register_backbone
+from featkit.errors import FeatkitError
+
+NAME = "pixels"
+DEFAULT_IMAGE_SIZE = 32
+
+
+class PixelsBackbone(Backbone):
+    """Raw pixels; tokens are ``[B, 2, 3*s*s]``: CLS and the one patch, both the image."""
+
+    def tokens(self, images: Tensor) -> Tensor:
+        flat = images.flatten(1)
+        return torch.stack([flat, flat], dim=1)
+
+    @property
+    def blocks(self) -> Sequence[nn.Module]:
+        raise FeatkitError(f"{self.name} has no transformer blocks to fine-tune; pick a ViT")
+
+    @property
+    def final_norm(self) -> nn.Module:
+        raise FeatkitError(f"{self.name} has no final norm to fine-tune; pick a ViT")
+
+
+@register_backbone(NAME)
+def create_pixels(
+    name: str = NAME,
+    *,
+    weights: str | Path | None = None,
+    image_size: int | None = None,
+    pretrained: bool = True,
+    device: str | torch.device | None = None,
+    **_more: Any,
+) -> PixelsBackbone:
+    """The ``pixels`` backbone at ``image_size`` px (default 32)."""
+    if weights is not None:
+        raise FeatkitError(f"--weights {weights}: the {name} backbone has no weights; drop it")
+    size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
+    if size < 1:
+        raise FeatkitError(f"image size for {name}: expected a positive integer, got {size}")
+    model = nn.Identity()
+    if device is not None:
+        model = model.to(device)
+    return PixelsBackbone(
+        name=name,
+        model=model,
+        patch_size=size,
+        embed_dim=3 * size * size,
+        num_registers=0,
+        preprocessing=Preprocessing(
+            resize=size,
+            crop=size,
+            interpolation="bilinear",
+            mean=(0.0, 0.0, 0.0),
+            std=(1.0, 1.0, 1.0),
+        ),
+        weights_sha256=None,
+        lora_targets=(),
+    )

@@ -1,0 +1,79 @@
+"""Class-balanced reweighting around another protocol (a meta-estimator).
+
+Training: every image is weighted by its class's class-balanced weight ``∝ 1/E_n``
+(Cui et al. 2019, ``E_n = (1 − βⁿ)/(1 − β)``), passed to the wrapped protocol as
+``sample_weight``. Prediction: post-hoc logit adjustment (Menon et al. 2021),
+``argmax_y f_y(x) − τ·log π̃_y``, where ``π̃`` is the class prior the wrapped model
+actually saw, i.e. the *weighted* training prior ``π̃_y ∝ n_y·w_y``. With ``β = 0``
+(no reweighting) this is Menon's rule with the plain prior; with ``β → 1`` the
+weighted prior is uniform and only the reweighting acts. Adjusting by the plain prior
+after reweighting would correct the imbalance twice.
+
+The wrapped protocol must accept ``sample_weight`` and expose logits through
+``decision_function`` (``logistic``, ``knn``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from featkit.errors import FeatkitError
+from featkit.imbalance import DEFAULT_BETA, DEFAULT_TAU, adjust_logits, class_balanced_weights
+from featkit.protocols.base import Protocol, softmax
+from featkit.protocols.registry import create_protocol, get_protocol_class, register_protocol
+
+
+@register_protocol("balanced")
+class Balanced(Protocol):
+    """Effective-number class weights + post-hoc logit adjustment around ``base``."""
+
+    def __init__(
+        self,
+        base: str = "logistic",
+        beta: float = DEFAULT_BETA,
+        tau: float = DEFAULT_TAU,
+        base_params: dict[str, Any] | None = None,
+    ) -> None:
+        self.base = base  # registered name of the wrapped protocol
+        self.beta = beta  # effective-number β in [0, 1): 0 = no reweighting, → 1 = 1/n
+        self.tau = tau  # logit-adjustment strength τ ≥ 0 (0 = none)
+        self.base_params = base_params  # settings of the wrapped protocol
+
+    def fit(self, X: ArrayLike, y: ArrayLike | None = None) -> Balanced:
+        if y is None:
+            raise FeatkitError("balanced labels: expected training labels, got None")
+        if not 0.0 <= self.beta < 1.0:
+            raise FeatkitError(f"balanced beta: expected a value in [0, 1), got {self.beta}")
+        if not self.tau >= 0.0:
+            raise FeatkitError(f"balanced tau: expected a value ≥ 0, got {self.tau}")
+        cls = get_protocol_class(self.base)
+        if cls is Balanced or not cls.supports_sample_weight or not cls.supervised:
+            raise FeatkitError(
+                f"balanced base: expected a supervised protocol that takes sample weights "
+                f"(logistic, knn), got {self.base!r}"
+            )
+        features, labels, _ = self._check_Xy(X, y)
+        self.classes_, inverse = np.unique(labels, return_inverse=True)
+        counts = np.bincount(inverse)
+        self.class_weights_ = class_balanced_weights(counts, self.beta)
+        weighted = counts * self.class_weights_
+        self.weighted_prior_ = weighted / weighted.sum()
+        self.estimator_ = create_protocol(self.base, **(self.base_params or {}))
+        self.estimator_.fit(features, labels, sample_weight=self.class_weights_[inverse])  # type: ignore[call-arg]
+        return self
+
+    def decision_function(self, X: ArrayLike) -> NDArray[np.float64]:
+        """Adjusted logits ``[N, C]``: the wrapped model's logits − τ·log π̃."""
+        features = self._check_X(X)
+        logits = np.asarray(self.estimator_.decision_function(features), dtype=np.float64)  # type: ignore[attr-defined]
+        return adjust_logits(logits, self.weighted_prior_, self.tau)
+
+    def predict_proba(self, X: ArrayLike) -> NDArray[np.float64]:
+        return softmax(self.decision_function(X))
+
+    def predict(self, X: ArrayLike) -> NDArray[np.int64]:
+        scores = self.decision_function(X)  # checks X and fit first
+        return self.classes_[np.argmax(scores, axis=1)]

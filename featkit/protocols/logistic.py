@@ -1,0 +1,313 @@
+"""L2-regularised multinomial logistic regression with the official C search.
+
+The objective is scikit-learn's (and DINOv2/v3 ``eval/log_regression.py``'s)::
+
+    min_{W, b}  Σᵢ sᵢ·CE(xᵢW + b, yᵢ) / S  +  ‖W‖² / (2·C·S)        S = Σᵢ sᵢ
+
+(the intercept ``b`` is not penalised; ``sᵢ`` are sample weights, 1 by default),
+solved with L-BFGS. ``C`` is chosen on the official grid ``10^linspace(-6, 5, 45)``
+inside the training data only, by balanced accuracy:
+
+* every class has at least ``min_holdout`` (10) images → the official rule: hold out
+  ``holdout`` (10%, at least one image) of each class, fit the grid on the rest, pick
+  the best ``C``, refit on all training images;
+* every class has 2 … 9 images → ``n``-fold cross-validation, ``n = min(5, smallest
+  class)``, each fold holding out one image per class in turn (a single 10% hold-out
+  would be one image, too noisy to choose among 45 values);
+* some class has a single image → no hold-out exists: ``C = fallback_c / m``, where
+  ``m`` is the mean squared norm of the centred features, which makes the rule
+  independent of the features' scale.
+
+Ties in the selection go to the smallest ``C`` (the simplest model).
+
+Why it is fast (≥5× scikit-learn fitted once per C; benchmarks/probe.py):
+
+* **warm starts along the path**: each ``C`` starts from the previous solution, so
+  the strongly regularised end converges in a few iterations and the rest in tens;
+* **centring**: features are centred with the training mean, which does not change
+  ``W`` (the unpenalised intercept absorbs the shift) but conditions the problem;
+* **exact dimension reduction when n < d**: the optimal ``W`` lies in the span of the
+  centred training features (representer theorem for L2 penalties), so few-shot
+  problems are solved in that ``≤ n``-dimensional basis and mapped back, with the
+  same optimum;
+* float32 matrix products with float64 L-BFGS state (scipy).
+No early stop of the path: every ``C`` of the grid is fitted and scored. One caveat,
+shared with scikit-learn: the stopping rule is a gradient tolerance (``tol``, 1e-4 on
+the mean loss). Towards weak regularisation the change from one ``C`` to the next
+moves the gradient by less than that, so the warm-started path stops moving (a cold
+start stops as early, elsewhere). ``tol=1e-6, max_iter=1000`` follows the path to
+convergence at ~4× the time; on the benchmark both chose models with the same test
+accuracy (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from featkit.errors import FeatkitError
+from featkit.metrics import balanced_accuracy
+from featkit.protocols.base import Protocol, softmax, threads_for
+from featkit.protocols.registry import register_protocol
+
+OFFICIAL_C_RANGE = (-6.0, 5.0)  # log10 bounds of the DINOv2/v3 grid
+
+
+def c_grid(n: int = 45) -> NDArray[np.float64]:
+    """The official grid ``10^linspace(-6, 5, n)``."""
+    return 10.0 ** np.linspace(*OFFICIAL_C_RANGE, n)
+
+
+@dataclass
+class _Problem:
+    """``F`` independent training sets solved as one: ``Z [F, m, r]``, ``y [F, m]``.
+
+    The folds of a cross-validation have (nearly) the same size; they are padded to
+    ``m`` rows with weight 0 and minimised jointly. The joint objective is the sum of
+    the folds' objectives, whose parameters do not interact, so its minimiser is every
+    fold's own minimiser while the solver's overhead is paid once instead of ``F`` times.
+    """
+
+    Z: NDArray[np.float32]
+    y: NDArray[np.int64]
+    weights: NDArray[np.float64]  # [F, m], each fold normalised to sum 1 (0 = padding)
+    n_classes: int
+
+    @classmethod
+    def from_folds(
+        cls,
+        Z: NDArray[np.float32],
+        y: NDArray[np.int64],
+        w: NDArray[np.float64],
+        fit_masks: list[NDArray[np.bool_]],
+        n_classes: int,
+    ) -> _Problem:
+        m = max(int(mask.sum()) for mask in fit_masks)
+        F, r = len(fit_masks), Z.shape[1]
+        Zb = np.zeros((F, m, r), np.float32)
+        yb = np.zeros((F, m), np.int64)
+        wb = np.zeros((F, m), np.float64)
+        for f, mask in enumerate(fit_masks):
+            rows = np.flatnonzero(mask)
+            Zb[f, : rows.size], yb[f, : rows.size] = Z[rows], y[rows]
+            wb[f, : rows.size] = w[rows] / w[rows].sum()
+        return cls(Zb, yb, wb, n_classes)
+
+    @property
+    def size(self) -> int:
+        """Parameters of the whole problem: ``F · (r + 1) · K``."""
+        return self.Z.shape[0] * (self.Z.shape[2] + 1) * self.n_classes
+
+    def split(self, theta: NDArray[np.float64]) -> tuple[NDArray, NDArray]:
+        """``W [F, r, K]``, ``b [F, 1, K]`` views of the flat parameters."""
+        F, _, r = self.Z.shape
+        k = self.n_classes
+        both = theta.reshape(F, r + 1, k)
+        return both[:, :r], both[:, r:]
+
+    def loss_grad(self, theta: NDArray[np.float64], lam: NDArray) -> tuple[float, NDArray]:
+        """Objective summed over folds and its gradient; ``lam [F]`` = 1 / (C · Σ weights)."""
+        W, b = self.split(theta)
+        logits = (self.Z @ W.astype(np.float32) + b.astype(np.float32)).astype(np.float64)
+        logits -= logits.max(axis=2, keepdims=True)
+        log_norm = np.log(np.exp(logits).sum(axis=2))
+        picked = np.take_along_axis(logits, self.y[..., None], axis=2)[..., 0]
+        penalty = 0.5 * float(np.sum(lam * np.sum(W * W, axis=(1, 2))))
+        loss = float(np.sum(self.weights * (log_norm - picked))) + penalty
+        residual = np.exp(logits - log_norm[..., None])
+        np.put_along_axis(
+            residual,
+            self.y[..., None],
+            np.take_along_axis(residual, self.y[..., None], axis=2) - 1.0,
+            axis=2,
+        )
+        residual *= self.weights[..., None]
+        grad_w = np.swapaxes(self.Z, 1, 2) @ residual.astype(np.float32)
+        grad_w = grad_w.astype(np.float64) + lam[:, None, None] * W
+        grad_b = residual.sum(axis=1, keepdims=True)
+        return loss, np.concatenate([grad_w, grad_b], axis=1).ravel()
+
+    def scores(self, theta: NDArray[np.float64], Z: NDArray[np.float32], fold: int) -> NDArray:
+        W, b = self.split(theta)
+        return Z @ W[fold].astype(np.float32) + b[fold].astype(np.float32)
+
+
+def _minimize(
+    problem: _Problem, lam: NDArray, theta0: NDArray[np.float64], max_iter: int, tol: float
+) -> NDArray[np.float64]:
+    from scipy.optimize import minimize
+
+    result = minimize(
+        problem.loss_grad,
+        theta0,
+        args=(lam,),
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": max_iter, "gtol": tol, "ftol": 64 * np.finfo(float).eps},
+    )
+    return np.asarray(result.x, dtype=np.float64)
+
+
+def selection_folds(
+    y: NDArray[np.int64], holdout: float = 0.1, min_holdout: int = 10, random_state: int = 0
+) -> list[NDArray[np.bool_]]:
+    """Held-out masks ``[n]`` used to choose C (the rule of the module doc).
+
+    One mask holding out ``holdout`` of every class (at least one image) when every
+    class has ``min_holdout`` images; otherwise ``min(5, smallest class)`` masks, each
+    holding out one image per class in turn. Needs at least 2 images per class.
+    """
+    rng = np.random.default_rng(random_state)
+    classes, counts = np.unique(y, return_counts=True)
+    order = [rng.permutation(np.flatnonzero(y == c)) for c in classes]
+    if counts.min() >= min_holdout:
+        mask = np.zeros(y.size, bool)
+        for members in order:
+            mask[members[: max(1, round(holdout * members.size))]] = True
+        return [mask]
+    n_folds = int(min(5, counts.min()))
+    masks = []
+    for f in range(n_folds):
+        mask = np.zeros(y.size, bool)
+        for members in order:
+            mask[members[f]] = True
+        masks.append(mask)
+    return masks
+
+
+@register_protocol("logistic")
+class Logistic(Protocol):
+    """Multinomial L2 logistic regression; C selected by balanced accuracy (module doc)."""
+
+    supports_sample_weight = True
+
+    def __init__(
+        self,
+        c: float | None = None,
+        n_c: int = 45,
+        holdout: float = 0.1,
+        min_holdout: int = 10,
+        fallback_c: float = 1.0,
+        max_iter: int = 100,
+        tol: float = 1e-4,
+        random_state: int = 0,
+    ) -> None:
+        self.c = c  # a fixed C skips the selection; None searches the official grid
+        self.n_c = n_c  # grid size over 10^[-6, 5] (45 = official)
+        self.holdout = holdout  # fraction of each class held out to choose C
+        self.min_holdout = min_holdout  # images every class needs for the single hold-out
+        self.fallback_c = fallback_c  # scale-free C when some class has a single image
+        self.max_iter = max_iter  # L-BFGS iterations per C (scikit-learn's default)
+        self.tol = tol  # L-BFGS gradient tolerance (scikit-learn's default)
+        self.random_state = random_state  # which images are held out
+
+    # -- fitting -----------------------------------------------------------------------
+
+    def _check_settings(self) -> None:
+        if self.c is not None and not self.c > 0:
+            raise FeatkitError(f"logistic c: expected a value > 0, got {self.c}")
+        if self.n_c < 1:
+            raise FeatkitError(f"logistic n_c: expected at least 1, got {self.n_c}")
+        if not 0.0 < self.holdout < 1.0:
+            raise FeatkitError(
+                f"logistic holdout: expected a fraction in (0, 1), got {self.holdout}"
+            )
+        if not self.fallback_c > 0:
+            raise FeatkitError(f"logistic fallback_c: expected > 0, got {self.fallback_c}")
+
+    def fit(
+        self, X: ArrayLike, y: ArrayLike | None = None, sample_weight: ArrayLike | None = None
+    ) -> Logistic:
+        if y is None:
+            raise FeatkitError("logistic labels: expected training labels, got None")
+        self._check_settings()
+        features, labels, weights = self._check_Xy(X, y, sample_weight)
+        with threads_for(features.size):
+            return self._fit(features, labels, weights)
+
+    def _fit(
+        self,
+        features: NDArray[np.float32],
+        labels: NDArray[np.int64],
+        weights: NDArray[np.float64] | None,
+    ) -> Logistic:
+        self.classes_, y_idx = np.unique(labels, return_inverse=True)
+        k = self.classes_.size
+        self.mean_ = features.mean(axis=0, dtype=np.float64).astype(np.float32)
+        centred = features - self.mean_
+        # Basis of the centred rows when it is smaller than the feature space (exact).
+        n, d = centred.shape
+        if n < d:
+            _, s, vt = np.linalg.svd(centred.astype(np.float64), full_matrices=False)
+            # Directions below 1e-5 of the largest are float32 rounding noise, not data.
+            keep = s > s[0] * 1e-5 if s.size and s[0] > 0 else np.zeros_like(s, bool)
+            self.basis_: NDArray[np.float32] | None = vt[keep].T.astype(np.float32)
+            Z = centred @ self.basis_
+        else:
+            self.basis_ = None
+            Z = centred
+        w = np.ones(n) if weights is None else weights
+
+        counts = np.bincount(y_idx, minlength=k)
+        theta0 = None
+        if self.c is not None:
+            self.C_, self.selection_ = float(self.c), "fixed"
+        elif counts.min() < 2:
+            mean_sq = float(np.mean(np.sum(centred.astype(np.float64) ** 2, axis=1)))
+            self.C_, self.selection_ = self.fallback_c / max(mean_sq, 1e-12), "fallback"
+        else:
+            self.C_, theta0 = self._select(Z, y_idx, w, counts)
+        problem = _Problem.from_folds(Z, y_idx, w, [np.ones(n, bool)], k)
+        start = np.zeros(problem.size) if theta0 is None else theta0
+        lam = np.array([1.0 / (self.C_ * w.sum())])
+        W, b = problem.split(_minimize(problem, lam, start, self.max_iter, self.tol))
+        W, b = W[0], b[0, 0]
+        self.coef_ = (W if self.basis_ is None else self.basis_ @ W).T.astype(np.float32)  # [K, D]
+        # The solver saw centred inputs; fold the centring into the intercept.
+        self.intercept_ = (b - self.coef_.astype(np.float64) @ self.mean_).astype(np.float32)
+        return self
+
+    def _select(
+        self,
+        Z: NDArray[np.float32],
+        y_idx: NDArray[np.int64],
+        w: NDArray[np.float64],
+        counts: NDArray[np.int64],
+    ) -> tuple[float, NDArray[np.float64]]:
+        """Best C of the grid by held-out balanced accuracy, and a warm start for the refit."""
+        grid = c_grid(self.n_c)
+        held_out = selection_folds(y_idx, self.holdout, self.min_holdout, self.random_state)
+        self.selection_ = "holdout" if len(held_out) == 1 else f"{len(held_out)}-fold"
+        fit_masks = [~mask for mask in held_out]
+        problem = _Problem.from_folds(Z, y_idx, w, fit_masks, counts.size)
+        weight_sums = np.array([w[mask].sum() for mask in fit_masks])
+        scores = np.zeros(len(grid))
+        theta = np.zeros(problem.size)
+        thetas = []
+        for i, c in enumerate(grid):  # small to large C: each start is close to its optimum
+            theta = _minimize(problem, 1.0 / (c * weight_sums), theta, self.max_iter, self.tol)
+            for f, mask in enumerate(held_out):
+                predicted = np.argmax(problem.scores(theta, Z[mask], f), axis=1)
+                scores[i] += balanced_accuracy(y_idx[mask], predicted)
+            thetas.append(theta)
+        self.c_scores_ = scores / len(held_out)  # mean held-out balanced accuracy per C
+        best = int(np.flatnonzero(self.c_scores_ >= self.c_scores_.max() - 1e-12)[0])
+        # Warm start for the refit on all images: the first fold's solution at that C.
+        W, b = problem.split(thetas[best])
+        return float(grid[best]), np.concatenate([W[0], b[0]], axis=0).ravel()
+
+    # -- predicting --------------------------------------------------------------------
+
+    def decision_function(self, X: ArrayLike) -> NDArray[np.float32]:
+        """Logits ``[N, C]`` in ``classes_`` order."""
+        features = self._check_X(X)
+        return features @ self.coef_.T + self.intercept_
+
+    def predict_proba(self, X: ArrayLike) -> NDArray[np.float64]:
+        return softmax(self.decision_function(X))
+
+    def predict(self, X: ArrayLike) -> NDArray[np.int64]:
+        scores = self.decision_function(X)  # checks X and fit first
+        return self.classes_[np.argmax(scores, axis=1)]

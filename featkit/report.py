@@ -1,0 +1,557 @@
+"""Gather a workspace's results into the comparison a reader expects.
+
+Rows are model × method, columns are shot counts (0, 1, 5, 10, …, percentages,
+``all``), cells are the chosen metric as ``mean ± half-width`` of the 95 % Student-t
+interval over episodes, in percent. The best cell of each column is marked.
+
+Means and intervals are recomputed here from the long rows of ``results.csv`` (the
+numbers of record); ``summary.csv`` is only a fallback when the long file is absent.
+Metric values in the CSVs are fractions in [0, 1]; the table shows percentages.
+
+:func:`write_report` is the one call behind ``featkit report``: tables, plots and
+``report.html`` under ``<workspace>/report/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from featkit.errors import FeatkitError
+from featkit.progress import SILENT, Progress
+from featkit.workspace import find_stores, report_dir, results_dir, safe_name
+
+logger = logging.getLogger("featkit")
+
+# The columns that identify one evaluated configuration (everything but episode/value).
+GROUP_COLUMNS = ("dataset", "model", "feature", "protocol", "params", "shots")
+# Shown where a method was not run at a shot count (k-means only runs at 0 shots).
+MISSING = "–"
+
+# Probes first (in the order a reader meets them in docs/protocols.md), then fine-tunes.
+_METHOD_ORDER = (
+    "knn",
+    "logistic",
+    "prototype",
+    "balanced",
+    "kmeans",
+    "finetune-linear",
+    "finetune-last-block",
+    "finetune-lora",
+)
+
+
+def shots_sort_key(shots: str) -> tuple[int, float, str]:
+    """Order shot labels as a reader expects: 0, 1, 5, 10, …, then 1%, 10%, …, then ``all``."""
+    text = str(shots).strip()
+    if re.fullmatch(r"\d+", text):
+        return (0, float(text), "")
+    if re.fullmatch(r"\d+(\.\d+)?%", text):
+        return (1, float(text[:-1]), "")
+    if text == "all":
+        return (2, 0.0, "")
+    return (3, 0.0, text)
+
+
+def t_half_width(std: float, n: int) -> float:
+    """Half-width of the 95 % Student-t interval of a mean of ``n`` values with sample std ``std``.
+
+    One episode has no spread to measure: the half-width is 0 (the interval collapses to
+    the mean, as in ``summary.csv``) and the table shows the mean alone.
+    """
+    from scipy import stats
+
+    if n <= 1 or not math.isfinite(std):
+        return 0.0
+    return float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
+
+
+# ---------------------------------------------------------------------------------------
+# Reading
+
+
+@dataclass
+class Results:
+    """The CSVs of one workspace; a missing file is an empty frame."""
+
+    results: pd.DataFrame  # long rows (or summary rows when only summary.csv exists)
+    per_class: pd.DataFrame
+    confusion: pd.DataFrame
+    from_summary: bool = False  # True when ``results`` holds summary.csv rows
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        return pd.DataFrame()
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise FeatkitError(
+            f"results file {path}: expected a CSV table, could not parse it ({error})"
+        ) from None
+    return frame
+
+
+def _require_columns(frame: pd.DataFrame, columns: Sequence[str], path: Path) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise FeatkitError(
+            f"results file {path}: expected columns {', '.join(columns)}; "
+            f"missing {', '.join(missing)}"
+        )
+
+
+def _numeric(frame: pd.DataFrame, columns: Sequence[str], path: Path) -> pd.DataFrame:
+    """Parse columns as numbers; empty or "nan" cells become NaN, other text is an error."""
+    for column in columns:
+        text = frame[column].str.strip()
+        missing = text.str.lower().isin(["", "nan"])
+        values = pd.to_numeric(text.mask(missing), errors="coerce")
+        bad = values.isna() & ~missing
+        if bad.any():
+            example = frame.loc[bad, column].iloc[0]
+            raise FeatkitError(
+                f"results file {path}: expected numbers in column {column!r}, got {example!r}"
+            )
+        frame[column] = values
+    return frame
+
+
+def gather_results(workspace: Path) -> Results:
+    """Read ``results.csv`` (or ``summary.csv``), ``per_class.csv`` and ``confusion.csv``.
+
+    Raises FeatkitError when the workspace has no results at all, naming what was
+    looked for and where.
+    """
+    # File names from featkit.results (the writer); parsing stays here because the
+    # report validates every cell it uses and names the bad one.
+    from featkit.results import CONFUSION_FILE, PER_CLASS_FILE, RESULTS_FILE, SUMMARY_FILE
+
+    folder = results_dir(Path(workspace))
+    long_path = folder / RESULTS_FILE
+    summary_path = folder / SUMMARY_FILE
+    long = _read_csv(long_path)
+    from_summary = False
+    if long.empty:
+        long = _read_csv(summary_path)
+        from_summary = not long.empty
+    if long.empty:
+        raise FeatkitError(
+            f"workspace {workspace}: expected results in {long_path} (run `featkit probe` "
+            "first), found none"
+        )
+    if from_summary:
+        _require_columns(
+            long, [*GROUP_COLUMNS, "metric", "mean", "std", "n_episodes"], summary_path
+        )
+        long = _numeric(long, ["mean", "std", "n_episodes", "ci95_low", "ci95_high"], summary_path)
+    else:
+        _require_columns(long, [*GROUP_COLUMNS, "episode", "metric", "value"], long_path)
+        long = _numeric(long, ["value"], long_path)
+
+    per_class_path = folder / PER_CLASS_FILE
+    per_class = _read_csv(per_class_path)
+    if not per_class.empty:
+        _require_columns(per_class, [*GROUP_COLUMNS, "class", "n_train", "recall"], per_class_path)
+        per_class = _numeric(per_class, ["n_train", "recall"], per_class_path)
+    confusion_path = folder / CONFUSION_FILE
+    confusion = _read_csv(confusion_path)
+    if not confusion.empty:
+        _require_columns(confusion, [*GROUP_COLUMNS, "true", "pred", "count"], confusion_path)
+        confusion = _numeric(confusion, ["count"], confusion_path)
+    return Results(long, per_class, confusion, from_summary)
+
+
+# ---------------------------------------------------------------------------------------
+# Summary and the comparison table
+
+
+def summarize(results: Results, metric: str) -> pd.DataFrame:
+    """One row per configuration: mean, std, n, half, low, high (fractions, not percent)."""
+    frame = results.results
+    available = sorted(set(frame["metric"]))
+    if metric not in available:
+        raise FeatkitError(
+            f"metric {metric!r}: expected one of {', '.join(available)} (found in the results)"
+        )
+    # A missing number (e.g. AUROC where a class is absent) is not an episode of the mean.
+    value = "mean" if results.from_summary else "value"
+    rows = frame[(frame["metric"] == metric) & frame[value].notna()]
+    if rows.empty:
+        raise FeatkitError(f"metric {metric!r}: expected numbers for it, found only empty cells")
+    keys = list(GROUP_COLUMNS)
+    if results.from_summary:
+        out = rows[[*keys, "mean", "std"]].copy()
+        out["n"] = rows["n_episodes"].astype(int)
+        half = (rows["ci95_high"] - rows["ci95_low"]) / 2
+        out["half"] = half.fillna(0.0)
+    else:
+        grouped = rows.groupby(keys, sort=False)["value"]
+        out = pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1).fillna(0.0)})
+        out["n"] = grouped.size()
+        out = out.reset_index()
+        out["half"] = [t_half_width(s, n) for s, n in zip(out["std"], out["n"], strict=True)]
+    out["low"] = out["mean"] - out["half"]
+    out["high"] = out["mean"] + out["half"]
+    return out.reset_index(drop=True)
+
+
+def _method_labels(summary: pd.DataFrame) -> pd.Series:
+    """protocol, plus params when that protocol ran with several settings, plus feature when
+    several features exist: the shortest label that still tells the rows apart."""
+    several_features = summary["feature"].nunique() > 1
+    params_per_protocol = summary.groupby("protocol")["params"].nunique()
+    labels = []
+    for protocol, params, feature in zip(
+        summary["protocol"], summary["params"], summary["feature"], strict=True
+    ):
+        label = protocol
+        if params_per_protocol[protocol] > 1:
+            label += f" ({params})" if params else " (default)"
+        if several_features:
+            label += f" [{feature}]"
+        labels.append(label)
+    return pd.Series(labels, index=summary.index)
+
+
+def _method_rank(protocol: str) -> int:
+    return _METHOD_ORDER.index(protocol) if protocol in _METHOD_ORDER else len(_METHOD_ORDER)
+
+
+def format_cell(mean: float, half: float, n: int, digits: int = 1) -> str:
+    """``72.3 ± 1.2`` in percent; the mean alone when one episode gives no interval."""
+    if n <= 1:
+        return f"{100 * mean:.{digits}f}"
+    return f"{100 * mean:.{digits}f} ± {100 * half:.{digits}f}"
+
+
+@dataclass
+class ComparisonTable:
+    """The comparison: ``cells`` holds one row per (row, shots) with numbers in percent."""
+
+    metric: str
+    cells: pd.DataFrame  # dataset, model, method, feature, protocol, params, shots, mean, ...
+    columns: list[str]  # shot labels in reading order
+    rows: list[tuple[str, str, str]]  # (dataset, model, method) in reading order
+    several_datasets: bool = field(default=False)
+
+    def wide(self, bold: tuple[str, str] = ("", "")) -> pd.DataFrame:
+        """Display strings: one row per (dataset,) model, method; best cells wrapped in ``bold``."""
+        lookup: dict[tuple[str, ...], tuple[str, bool]] = {
+            (str(r.dataset), str(r.model), str(r.method), str(r.shots)): (str(r.text), bool(r.best))
+            for r in self.cells.itertuples()
+        }
+        records = []
+        for dataset, model, method in self.rows:
+            record: dict[str, str] = {}
+            if self.several_datasets:
+                record["dataset"] = dataset
+            record["model"] = model
+            record["method"] = method
+            for shots in self.columns:
+                text, best = lookup.get((dataset, model, method, shots), (MISSING, False))
+                record[shots] = f"{bold[0]}{text}{bold[1]}" if best else text
+            records.append(record)
+        return pd.DataFrame.from_records(records)
+
+    def best_cells(self) -> set[tuple[str, str, str, str]]:
+        """(dataset, model, method, shots) of every marked cell."""
+        return {
+            (str(r.dataset), str(r.model), str(r.method), str(r.shots))
+            for r in self.cells.itertuples()
+            if bool(r.best)
+        }
+
+    def to_csv(self, path: Path) -> None:
+        """Long CSV, one row per cell, with a ``best`` flag; numbers in percent."""
+        columns = [
+            "dataset",
+            "model",
+            "method",
+            "feature",
+            "protocol",
+            "params",
+            "shots",
+            "metric",
+            "mean",
+            "std",
+            "ci95_half_width",
+            "ci95_low",
+            "ci95_high",
+            "n_episodes",
+            "cell",
+            "best",
+        ]
+        frame = self.cells.rename(
+            columns={
+                "half": "ci95_half_width",
+                "low": "ci95_low",
+                "high": "ci95_high",
+                "n": "n_episodes",
+                "text": "cell",
+            }
+        )
+        frame = frame.assign(metric=self.metric)[columns]
+        frame.to_csv(path, index=False, float_format="%.4f")
+
+    def to_markdown(self) -> str:
+        wide = self.wide(bold=("**", "**"))
+        header = [*wide.columns[: len(wide.columns) - len(self.columns)], *self.columns]
+        lines = [
+            "| " + " | ".join(header) + " |",
+            "|"
+            + "|".join(":---" if c in ("dataset", "model", "method") else "---:" for c in header)
+            + "|",
+        ]
+        for record in wide.itertuples(index=False):
+            lines.append("| " + " | ".join(str(v).replace("|", "\\|") for v in record) + " |")
+        return "\n".join(lines) + "\n"
+
+    def to_latex(self) -> str:
+        wide = self.wide(bold=("\\textbf{", "}"))
+        n_text = len(wide.columns) - len(self.columns)
+        spec = "l" * n_text + "r" * len(self.columns)
+        header = [_latex_escape(str(c)) for c in wide.columns]
+        lines = [
+            f"% {_latex_escape(self.metric)} in percent, mean $\\pm$ 95\\% CI half-width; "
+            "best per column in bold",
+            f"\\begin{{tabular}}{{{spec}}}",
+            "\\toprule",
+            " & ".join(header) + " \\\\",
+            "\\midrule",
+        ]
+        for record in wide.itertuples(index=False):
+            cells = []
+            for i, value in enumerate(record):
+                text = str(value)
+                if i < n_text:
+                    cells.append(_latex_escape(text))
+                else:
+                    # Escape the number, keep our own \textbf and turn ± into math.
+                    bold = text.startswith("\\textbf{")
+                    inner = text[len("\\textbf{") : -1] if bold else text
+                    inner = _latex_escape(inner).replace("±", "$\\pm$").replace(MISSING, "--")
+                    cells.append(f"\\textbf{{{inner}}}" if bold else inner)
+            lines.append(" & ".join(cells) + " \\\\")
+        lines += ["\\bottomrule", "\\end{tabular}"]
+        return "\n".join(lines) + "\n"
+
+
+_LATEX_SPECIAL = {
+    "\\": "\\textbackslash{}",
+    "&": "\\&",
+    "%": "\\%",
+    "$": "\\$",
+    "#": "\\#",
+    "_": "\\_",
+    "{": "\\{",
+    "}": "\\}",
+    "~": "\\textasciitilde{}",
+    "^": "\\textasciicircum{}",
+}
+
+
+def _latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def comparison_table(summary: pd.DataFrame, metric: str) -> ComparisonTable:
+    """Build the table from :func:`summarize` output (fractions); cells come out in percent."""
+    if summary.empty:
+        raise FeatkitError(f"metric {metric!r}: expected result rows for it, found none")
+    cells = summary.copy()
+    cells["method"] = _method_labels(cells)
+    cells["text"] = [
+        format_cell(m, h, n)
+        for m, h, n in zip(cells["mean"], cells["half"], cells["n"], strict=True)
+    ]
+    for column in ("mean", "std", "half", "low", "high"):
+        cells[column] = 100 * cells[column]
+    # Best cell per (dataset, shots column); ties all marked. Compare what the reader sees
+    # (rounded to the displayed digit) so two identical-looking cells are never split.
+    shown = cells["mean"].round(1)
+    column_best = shown.groupby([cells["dataset"], cells["shots"]]).transform("max")
+    cells["best"] = shown == column_best
+
+    columns = sorted(set(cells["shots"]), key=shots_sort_key)
+    order = (
+        cells.assign(_rank=cells["protocol"].map(_method_rank))
+        .sort_values(["dataset", "model", "_rank", "method"], kind="stable")
+        .drop_duplicates(["dataset", "model", "method"])
+    )
+    rows = list(zip(order["dataset"], order["model"], order["method"], strict=True))
+    return ComparisonTable(
+        metric=metric,
+        cells=cells,
+        columns=columns,
+        rows=rows,
+        several_datasets=cells["dataset"].nunique() > 1,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# The whole report
+
+
+@dataclass
+class ReportFiles:
+    """What :func:`write_report` wrote."""
+
+    folder: Path
+    tables: list[Path]
+    plots: list[Path]
+    html: Path
+    table: ComparisonTable
+
+
+def ranked_configurations(summary: pd.DataFrame, dataset: str, shots: str) -> pd.DataFrame:
+    """The configurations of ``dataset`` at ``shots``, best mean metric first."""
+    rows = summary[(summary["dataset"] == dataset) & (summary["shots"] == shots)]
+    return rows.sort_values("mean", ascending=False, kind="stable")
+
+
+def _choose_shots(summary: pd.DataFrame, shots: str | None) -> str:
+    available = sorted(set(summary["shots"]), key=shots_sort_key)
+    if shots is None:
+        # The most labels evaluated: the confusion a user would live with.
+        supervised = [s for s in available if s != "0"]
+        return (supervised or available)[-1]
+    if shots not in available:
+        raise FeatkitError(
+            f"--shots {shots}: expected one of the evaluated shot counts "
+            f"{', '.join(available)}, got {shots}"
+        )
+    return shots
+
+
+def write_report(
+    workspace: Path,
+    out: Path | None = None,
+    *,
+    metric: str = "balanced_accuracy",
+    shots: str | None = None,
+    progress: Progress = SILENT,
+) -> ReportFiles:
+    """Write comparison.csv/.md/.tex, the plots and report.html for a workspace.
+
+    ``shots`` picks the shot count of the confusion matrix (default: the largest
+    evaluated). Per-class recall against class size uses ``all`` when it was evaluated
+    (where imbalance shows), else the same shot count.
+    """
+    from featkit import plots, report_html
+
+    workspace = Path(workspace)
+    folder = Path(out) if out is not None else report_dir(workspace)
+    results = gather_results(workspace)
+    summary = summarize(results, metric)
+    table = comparison_table(summary, metric)
+    chosen = _choose_shots(summary, shots)
+    stores = _stores(workspace, results.results)
+    folder.mkdir(parents=True, exist_ok=True)
+    task = progress.task("report", total=3 + len(stores))
+
+    tables = [folder / "comparison.csv", folder / "comparison.md", folder / "comparison.tex"]
+    table.to_csv(tables[0])
+    tables[1].write_text(table.to_markdown(), encoding="utf-8")
+    tables[2].write_text(table.to_latex(), encoding="utf-8")
+    task.advance()
+
+    datasets = sorted(set(summary["dataset"]))
+    figures: list[tuple[str, Path]] = []  # (caption, path)
+
+    def name(stem: str, dataset: str) -> Path:
+        suffix = f"_{safe_name(dataset)}" if len(datasets) > 1 else ""
+        return folder / f"{stem}{suffix}.png"
+
+    for dataset in datasets:
+        part = summary[summary["dataset"] == dataset]
+        labelled = part.assign(method=table.cells.loc[part.index, "method"])
+        path = name(f"shots_{safe_name(metric)}", dataset)
+        plots.plot_metric_vs_shots(labelled, metric, path, title=dataset)
+        figures.append((f"{metric} versus shots ({dataset})", path))
+    task.advance()
+
+    for dataset in datasets:
+        # The best configuration that recorded confusion counts (clustering may not).
+        found = None
+        for _, config in ranked_configurations(summary, dataset, chosen).iterrows():
+            conf = _select(results.confusion, config) if not results.confusion.empty else None
+            if conf is not None and not conf.empty:
+                found = config, conf
+                break
+        if found is None:
+            continue
+        best, conf = found
+        path = name("confusion", dataset)
+        method = str(table.cells.loc[[best.name], "method"].iloc[0])
+        label = f"{best['model']} · {method}"
+        plots.plot_confusion(conf, path, title=f"{dataset}: {label}, shots={chosen}")
+        figures.append(
+            (f"{dataset}: confusion of the best method at shots={chosen}, {label}", path)
+        )
+
+    if not results.per_class.empty:
+        for dataset in datasets:
+            part = summary[summary["dataset"] == dataset]
+            recall_shots = "all" if "all" in set(part["shots"]) else chosen
+            at = part[part["shots"] == recall_shots]
+            if at.empty:
+                continue
+            labels = table.cells.loc[at.index, "method"]
+            per_class = results.per_class
+            chosen_rows = []
+            for (_, config), method in zip(at.iterrows(), labels, strict=True):
+                sel = _select(per_class, config)
+                if not sel.empty:
+                    chosen_rows.append((f"{config['model']} · {method}", sel, config["mean"]))
+            if not chosen_rows:
+                continue
+            path = name("recall_vs_class_size", dataset)
+            plots.plot_recall_vs_class_size(
+                chosen_rows, path, title=f"{dataset}: per-class recall, shots={recall_shots}"
+            )
+            figures.append((f"per-class recall against class size ({dataset})", path))
+    task.advance()
+
+    for store in stores:
+        path = folder / f"pca_{safe_name(store.parent.name)}_{safe_name(store.stem)}.png"
+        try:
+            drawn = plots.plot_store_pca(store, path)
+        except FeatkitError as error:  # one unreadable store must not sink the report
+            logger.warning("skipping the PCA picture of %s: %s", store, error)
+            drawn = False
+        if drawn:
+            figures.append((f"PCA of {store.parent.name}/{store.stem} embeddings", path))
+        task.advance()
+    task.close()
+
+    html = folder / "report.html"
+    report_html.write_html(html, table, figures, title=f"featkit report: {workspace}")
+    return ReportFiles(folder, tables, [p for _, p in figures], html, table)
+
+
+def _stores(workspace: Path, results: pd.DataFrame) -> list[Path]:
+    """The workspace's stores plus any store the results name that still exists
+    (``featkit probe other/place.h5`` writes results here for a store elsewhere)."""
+    found = {p.resolve(): p for p in find_stores(workspace)}
+    if "store" in results.columns:
+        for text in sorted(set(results["store"]) - {""}):
+            path = Path(text)
+            if path.suffix == ".h5" and path.is_file():
+                found.setdefault(path.resolve(), path)
+    return sorted(found.values(), key=lambda p: (p.parent.name, p.name))
+
+
+def _select(frame: pd.DataFrame, config: pd.Series) -> pd.DataFrame:
+    """Rows of ``frame`` that belong to the configuration ``config`` (same group columns)."""
+    mask = np.ones(len(frame), dtype=bool)
+    for column in GROUP_COLUMNS:
+        mask &= (frame[column] == config[column]).to_numpy()
+    return frame[mask]

@@ -1,0 +1,84 @@
+"""One self-contained ``report.html``: the comparison table and every plot, readable offline.
+
+Images are embedded as base64 ``data:`` URIs and the style sheet is inline, so the file
+can be mailed or opened from anywhere without its folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from featkit.report import ComparisonTable
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; }
+table { border-collapse: collapse; font-size: 0.9em; }
+th, td { padding: 4px 10px; border-bottom: 1px solid #ddd; white-space: nowrap; }
+th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.best { font-weight: bold; background: #eaf4ea; }
+figure { margin: 1.5em 0; } img { max-width: 100%; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 0.9em; }
+"""
+
+
+def table_html(table: ComparisonTable) -> str:
+    """The comparison as an HTML table; best cells get class ``best``."""
+    wide = table.wide()
+    best = {
+        (r.dataset, r.model, r.method, r.shots) for r in table.cells.itertuples() if bool(r.best)
+    }
+    text_columns = [c for c in wide.columns if c not in table.columns]
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in wide.columns)
+    body = []
+    for (dataset, model, method), record in zip(
+        table.rows, wide.itertuples(index=False), strict=True
+    ):
+        cells = []
+        for column, value in zip(wide.columns, record, strict=True):
+            if column in text_columns:
+                cells.append(f"<td>{html.escape(str(value))}</td>")
+            else:
+                cls = "num best" if (dataset, model, method, column) in best else "num"
+                cells.append(f'<td class="{cls}">{html.escape(str(value))}</td>')
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def image_html(path: Path, caption: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    alt = html.escape(caption)
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{alt}">'
+        f"<figcaption>{alt}</figcaption></figure>"
+    )
+
+
+def write_html(
+    path: Path,
+    table: ComparisonTable,
+    figures: Sequence[tuple[str, Path]],
+    title: str = "featkit report",
+) -> None:
+    """Write the report page: title, table (metric in percent, mean ± 95% CI), figures."""
+    metric = html.escape(table.metric.replace("_", " "))
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<h2>Comparison: {metric}</h2>",
+        f"<p>{metric} in percent, mean ± half-width of the 95% Student-t interval over "
+        "episodes; the best cell of each column is highlighted. Columns are labelled "
+        "images per class (0 = no labels used, <code>all</code> = the full training split).</p>",
+        table_html(table),
+        "<h2>Plots</h2>",
+        *(image_html(p, caption) for caption, p in figures),
+        "</body></html>",
+    ]
+    Path(path).write_text("\n".join(parts), encoding="utf-8")

@@ -1,0 +1,296 @@
+"""The results files of a workspace: write, merge, read and summarise.
+
+``results/results.csv`` is long: one row per measured number (the DESIGN.md contract).
+Every row carries a ``run_id``, a hash of what produced it (store fingerprint, feature,
+protocol, params, shots, seed, episode); writing a run replaces the rows with its
+``run_id`` instead of appending them twice. ``per_class.csv`` and ``confusion.csv``
+follow the same rule, and ``summary.csv`` is recomputed from all rows after each write.
+
+Files are written to a temporary name in the same folder and moved into place with
+``os.replace``, under an exclusive lock file, so a crash or ``kill -9`` leaves the old
+complete file and two concurrent writers do not lose each other's rows.
+
+Who writes: the probe (``featkit.evaluate``) and fine-tuning (protocol
+``finetune-lora`` …). Who reads: reports. Example::
+
+    base = dict(dataset="pets", model="dinov2_vits14", feature="cls",
+                protocol="finetune-lora", params="r=8", shots="10", episode=0,
+                effective_shots=10, n_train=370, n_test=740, seed=0, store="…",
+                run_id=run_id(fingerprint, "cls", "finetune-lora", "r=8", "10", 0, 0))
+    write_results(workspace, result_rows(base, {"accuracy": 0.91, "macro_f1": 0.88}))
+    table = read_results(workspace)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from featkit.errors import FeatkitError
+from featkit.metrics import summarize
+from featkit.workspace import results_dir
+
+RESULT_COLUMNS = (
+    "dataset",
+    "model",
+    "feature",
+    "protocol",
+    "params",
+    "shots",
+    "episode",
+    "metric",
+    "value",
+    "effective_shots",
+    "n_train",
+    "n_test",
+    "seed",
+    "run_id",
+    "store",
+)
+GROUP_COLUMNS = ("dataset", "model", "feature", "protocol", "params", "shots", "metric")
+SUMMARY_COLUMNS = (*GROUP_COLUMNS, "mean", "std", "ci95_low", "ci95_high", "n_episodes")
+PER_CLASS_COLUMNS = (
+    "dataset",
+    "model",
+    "feature",
+    "protocol",
+    "params",
+    "shots",
+    "episode",
+    "class",
+    "n_train",
+    "n_test",
+    "recall",
+    "run_id",
+)
+CONFUSION_COLUMNS = (
+    "dataset",
+    "model",
+    "feature",
+    "protocol",
+    "params",
+    "shots",
+    "episode",
+    "true",
+    "pred",
+    "count",
+    "run_id",
+)
+
+RESULTS_FILE = "results.csv"
+SUMMARY_FILE = "summary.csv"
+PER_CLASS_FILE = "per_class.csv"
+CONFUSION_FILE = "confusion.csv"
+
+# Columns read as text so that "10%", "all", "" and names like "1e5" survive a round trip.
+_TEXT_COLUMNS = (
+    "dataset",
+    "model",
+    "feature",
+    "protocol",
+    "params",
+    "shots",
+    "metric",
+    "run_id",
+    "store",
+    "class",
+    "true",
+    "pred",
+)
+
+
+def canonical_params(params: Mapping[str, Any]) -> str:
+    """``{"t": 0.07, "k": 20}`` → ``"k=20;t=0.07"`` (sorted keys, ``repr``-free floats)."""
+
+    def text(value: Any) -> str:
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, float):
+            return f"{value:g}" if value == float(f"{value:g}") else repr(value)
+        if isinstance(value, Mapping):
+            return "{" + ",".join(f"{k}:{text(v)}" for k, v in sorted(value.items())) + "}"
+        return str(value)
+
+    return ";".join(f"{key}={text(params[key])}" for key in sorted(params))
+
+
+def run_id(
+    fingerprint: Mapping[str, Any] | str,
+    feature: str,
+    protocol: str,
+    params: str,
+    shots: str,
+    seed: int,
+    episode: int,
+    **extra: Any,
+) -> str:
+    """A stable 16-hex-digit id of one evaluation run (what produced a set of rows).
+
+    ``extra`` settings that change the numbers (e.g. the test fraction) join the hash.
+    """
+    payload = {
+        "fingerprint": fingerprint,
+        "feature": feature,
+        "protocol": protocol,
+        "params": params,
+        "shots": str(shots),
+        "seed": int(seed),
+        "episode": int(episode),
+        **{k: extra[k] for k in sorted(extra)},
+    }
+    text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _frame(
+    rows: pd.DataFrame | Iterable[Mapping[str, Any]], columns: Sequence[str]
+) -> pd.DataFrame:
+    frame = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    if frame.empty:
+        return pd.DataFrame(columns=list(columns))
+    missing = [c for c in columns if c not in frame.columns and c in ("run_id", "metric", "value")]
+    if missing:
+        raise FeatkitError(f"result rows: expected columns {', '.join(missing)}, got none")
+    for column in columns:
+        if column not in frame.columns:
+            frame[column] = ""
+    for column in _TEXT_COLUMNS:
+        if column in frame.columns:
+            frame[column] = frame[column].fillna("").astype(str)
+    extra = [c for c in frame.columns if c not in columns]
+    return frame[[*columns, *extra]]
+
+
+def _read(path: Path, columns: Sequence[str]) -> pd.DataFrame:
+    if not path.is_file():
+        return pd.DataFrame(columns=list(columns))
+    dtypes = {c: str for c in _TEXT_COLUMNS}
+    frame = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values={"value": [""]})
+    for column in ("value", "recall", "mean", "std", "ci95_low", "ci95_high"):
+        if column in frame.columns:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    return frame
+
+
+def _atomic_write_csv(frame: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            frame.to_csv(handle, index=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as handle:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; atomic replaces still hold.
+            yield
+            return
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _merge(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    if old.empty:
+        return new.reset_index(drop=True)
+    kept = old[~old["run_id"].isin(set(new["run_id"]))]
+    if new.empty:
+        return kept.reset_index(drop=True)
+    return pd.concat([kept, new], ignore_index=True)
+
+
+def summarize_results(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean, std and 95% t-interval over episodes per (dataset … shots, metric) group."""
+    if results.empty:
+        return pd.DataFrame(columns=list(SUMMARY_COLUMNS))
+    records = []
+    for key, group in results.groupby(list(GROUP_COLUMNS), sort=True, dropna=False):
+        s = summarize(pd.to_numeric(group["value"], errors="coerce").to_numpy())
+        records.append(
+            (*key, s.mean, s.std, s.ci95_low, s.ci95_high, s.n_episodes)  # type: ignore[misc]
+        )
+    return pd.DataFrame.from_records(records, columns=list(SUMMARY_COLUMNS))
+
+
+def write_results(
+    workspace: Path,
+    rows: pd.DataFrame | Iterable[Mapping[str, Any]],
+    per_class: pd.DataFrame | Iterable[Mapping[str, Any]] | None = None,
+    confusion: pd.DataFrame | Iterable[Mapping[str, Any]] | None = None,
+) -> Path:
+    """Merge rows into the workspace's CSVs (same ``run_id`` → replaced) and re-summarise.
+
+    Returns the results folder. Rows need ``run_id``, ``metric`` and ``value``; other
+    contract columns that are missing are written empty.
+    """
+    folder = results_dir(workspace)
+    new = _frame(rows, RESULT_COLUMNS)
+    with _locked(folder):
+        merged = _merge(_read(folder / RESULTS_FILE, RESULT_COLUMNS), new)
+        for extra_rows, name, columns in (
+            (per_class, PER_CLASS_FILE, PER_CLASS_COLUMNS),
+            (confusion, CONFUSION_FILE, CONFUSION_COLUMNS),
+        ):
+            if extra_rows is None:
+                continue
+            frame = _frame(extra_rows, columns)
+            # Rows of a rewritten run are dropped even when the run now has none of these.
+            old = _read(folder / name, columns)
+            if not old.empty:
+                old = old[~old["run_id"].isin(set(new["run_id"]))]
+            _atomic_write_csv(_merge(old, frame), folder / name)
+        _atomic_write_csv(merged, folder / RESULTS_FILE)
+        _atomic_write_csv(summarize_results(merged), folder / SUMMARY_FILE)
+    return folder
+
+
+def read_results(workspace: Path) -> pd.DataFrame:
+    """All result rows (text columns as str, ``value`` as float); empty when none yet."""
+    frame = _read(results_dir(workspace) / RESULTS_FILE, RESULT_COLUMNS)
+    for column in ("episode", "seed"):
+        if column in frame.columns and not frame.empty:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
+    return frame
+
+
+def read_summary(workspace: Path) -> pd.DataFrame:
+    return _read(results_dir(workspace) / SUMMARY_FILE, SUMMARY_COLUMNS)
+
+
+def read_per_class(workspace: Path) -> pd.DataFrame:
+    return _read(results_dir(workspace) / PER_CLASS_FILE, PER_CLASS_COLUMNS)
+
+
+def read_confusion(workspace: Path) -> pd.DataFrame:
+    return _read(results_dir(workspace) / CONFUSION_FILE, CONFUSION_COLUMNS)
+
+
+def result_rows(base: Mapping[str, Any], metrics: Mapping[str, float]) -> list[dict[str, Any]]:
+    """One contract row per metric: ``base`` holds every other column."""
+    return [
+        {**base, "metric": name, "value": float(value)}
+        for name, value in metrics.items()
+        if value is not None and np.isfinite(value)
+    ]

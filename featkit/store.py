@@ -1,0 +1,551 @@
+"""The HDF5 embedding store: one file per (dataset, model), read by every protocol.
+
+Layout (``format_version`` 1)::
+
+    /features/cls         [N, D]       float32
+    /features/patch_mean  [N, D]       float32   (absent with --patches none or after import)
+    /features/patches     [N, h, w, D] float16   (only with --patches full)
+    /images/path          [N] utf-8     relative path, rows sorted by it
+    /images/label         [N] int64     index into label_names, -1 = unlabelled
+    /images/split         [N] utf-8     "train" | "val" | "test" | ""
+    /images/status        [N] utf-8     "ok" | "failed"
+    /images/error         [N] utf-8     "" when ok, else the reason
+    attrs: format_version, dataset, model, label_names (JSON), fingerprint (JSON)
+
+Every discovered image has a row; failed rows hold NaN features. Readers select rows
+with a boolean mask built from the small per-row arrays and read the big arrays in
+contiguous blocks (HDF5 slices), never with index lists, which h5py serves row by row.
+
+Files are only ever written through :func:`atomic_hdf5` (temporary name, fsync,
+``os.replace``), so a reader never sees a half-written store: HDF5 has no journal and a
+writer killed mid-write can leave a file that will not open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from featkit.errors import FeatkitError
+
+if TYPE_CHECKING:
+    import h5py
+
+FORMAT_VERSION = 1
+FEATURE_KINDS = ("cls", "patch_mean", "cls+patch_mean")
+SPLITS = ("train", "val", "test", "")
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+TMP_SUFFIX = ".tmp"
+
+# Rows read per HDF5 slice: large enough to amortise per-call overhead, small enough
+# that reading [N, D] features never needs more than a few MiB beyond the result.
+READ_BLOCK = 4096
+
+
+def _str_dtype() -> Any:
+    import h5py
+
+    return h5py.string_dtype("utf-8")
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename durable: fsync the folder entry (no-op where unsupported)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_hdf5(path: Path, tmp_path: Path | None = None) -> Iterator[h5py.File]:
+    """Write an HDF5 file under a temporary name and move it into place only when complete.
+
+    A crash before the ``os.replace`` leaves the previous file (if any) untouched and a
+    stale temporary file that the next writer overwrites.
+    """
+    import h5py
+
+    path = Path(path)
+    tmp = Path(tmp_path) if tmp_path is not None else path.with_name(path.name + TMP_SUFFIX)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with h5py.File(tmp, "w") as h5:
+            yield h5
+            h5.flush()
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        # A Python-level failure cleans up; a kill -9 leaves the temp file for the next run.
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+class StoreWriter:
+    """Fills a freshly created store block by block (rows must come in path order).
+
+    The caller owns the file (normally from :func:`atomic_hdf5`); the writer creates
+    the datasets with their final size so that memory stays flat in ``num_rows``.
+    """
+
+    def __init__(
+        self,
+        h5: h5py.File,
+        *,
+        num_rows: int,
+        dim: int,
+        dataset: str,
+        model: str,
+        label_names: Sequence[str],
+        fingerprint: dict[str, Any],
+        patch_mean: bool = True,
+        grid: tuple[int, int] | None = None,
+    ) -> None:
+        self.num_rows = num_rows
+        h5.attrs["format_version"] = FORMAT_VERSION
+        h5.attrs["dataset"] = dataset
+        h5.attrs["model"] = model
+        h5.attrs["label_names"] = json.dumps(list(label_names))
+        h5.attrs["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
+        feats = h5.create_group("features")
+        chunk_rows = max(1, min(num_rows, max(1, (1 << 20) // max(1, 4 * dim))))
+        self._cls = feats.create_dataset(
+            "cls", shape=(num_rows, dim), dtype="f4", chunks=(chunk_rows, dim) if num_rows else None
+        )
+        self._mean = (
+            feats.create_dataset(
+                "patch_mean",
+                shape=(num_rows, dim),
+                dtype="f4",
+                chunks=(chunk_rows, dim) if num_rows else None,
+            )
+            if patch_mean
+            else None
+        )
+        self._patches = None
+        if grid is not None:
+            h, w = grid
+            self._patches = feats.create_dataset(
+                "patches",
+                shape=(num_rows, h, w, dim),
+                dtype="f2",
+                chunks=(1, h, w, dim) if num_rows else None,
+            )
+        self._images = h5.create_group("images")
+
+    def write_features(
+        self,
+        start: int,
+        cls: np.ndarray,
+        patch_mean: np.ndarray | None = None,
+        patches: np.ndarray | None = None,
+    ) -> None:
+        """Write rows ``start : start + len(cls)``."""
+        stop = start + len(cls)
+        self._cls[start:stop] = cls
+        if self._mean is not None:
+            if patch_mean is None:
+                raise ValueError("this store has patch_mean; pass it")
+            self._mean[start:stop] = patch_mean
+        if self._patches is not None:
+            if patches is None:
+                raise ValueError("this store has a patch grid; pass it")
+            self._patches[start:stop] = patches
+
+    def write_images(
+        self,
+        paths: Sequence[str],
+        labels: np.ndarray,
+        splits: Sequence[str],
+        status: Sequence[str],
+        errors: Sequence[str],
+    ) -> None:
+        """The per-row metadata, all at once (a few bytes per row)."""
+        for name, values in (("paths", paths), ("splits", splits), ("status", status)):
+            if len(values) != self.num_rows:
+                raise ValueError(f"{name}: expected {self.num_rows} rows, got {len(values)}")
+        sdt = _str_dtype()
+        self._images.create_dataset("path", data=np.asarray(paths, dtype=object), dtype=sdt)
+        self._images.create_dataset("label", data=np.asarray(labels, dtype=np.int64))
+        self._images.create_dataset("split", data=np.asarray(splits, dtype=object), dtype=sdt)
+        self._images.create_dataset("status", data=np.asarray(status, dtype=object), dtype=sdt)
+        self._images.create_dataset("error", data=np.asarray(errors, dtype=object), dtype=sdt)
+
+
+def _read_str(ds: h5py.Dataset) -> np.ndarray:
+    if ds.shape[0] == 0:
+        return np.zeros(0, dtype=object)
+    return np.asarray(ds.asstr()[:], dtype=object)
+
+
+class Store:
+    """A read-only view of one store file; use as a context manager or call :meth:`close`.
+
+    Row selections (``split``, ``include_failed``) are the same for every method, so
+    ``features(split="train")[i]``, ``labels(split="train")[i]`` and
+    ``paths(split="train")[i]`` always describe the same image.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        import h5py
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FeatkitError(f"store {self.path}: expected an HDF5 store file, found nothing")
+        try:
+            self._h5 = h5py.File(self.path, "r")
+        except OSError as err:
+            raise FeatkitError(
+                f"store {self.path}: expected a featkit HDF5 store, the file cannot be "
+                f"opened ({err})"
+            ) from None
+        try:
+            self._load_meta()
+        except (KeyError, ValueError, TypeError) as err:
+            self._h5.close()
+            raise FeatkitError(
+                f"store {self.path}: expected a featkit store (format {FORMAT_VERSION}), "
+                f"got a file without the store layout ({err})"
+            ) from None
+
+    def _load_meta(self) -> None:
+        attrs = self._h5.attrs
+        version = int(attrs["format_version"])
+        if version > FORMAT_VERSION:
+            raise ValueError(f"format_version {version} is newer than this featkit reads")
+        self.dataset: str = str(attrs["dataset"])
+        self.model: str = str(attrs["model"])
+        self.label_names: tuple[str, ...] = tuple(json.loads(attrs["label_names"]))
+        self.fingerprint: dict[str, Any] = json.loads(attrs["fingerprint"])
+        images = self._h5["images"]
+        self._paths = _read_str(images["path"])
+        self._labels = np.asarray(images["label"][:], dtype=np.int64)
+        self._splits = _read_str(images["split"])
+        self._status = _read_str(images["status"])
+        self._errors = _read_str(images["error"])
+        self.num_rows: int = len(self._paths)
+        feats = self._h5["features"]
+        kinds = [k for k in ("cls", "patch_mean", "patches") if k in feats]
+        self.feature_kinds: tuple[str, ...] = tuple(kinds)
+        self.dim: int = int(feats["cls"].shape[1])
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        """A file attribute beyond the contract (e.g. the extraction ``plan_id``)."""
+        return self._h5.attrs.get(name, default)
+
+    # -- context manager ------------------------------------------------------------
+    def close(self) -> None:
+        self._h5.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r}, rows={self.num_rows}, model={self.model!r})"
+
+    # -- row selection ----------------------------------------------------------------
+    def mask(self, split: str | None = None, *, include_failed: bool = False) -> np.ndarray:
+        """Boolean ``[N]``: the rows a read with these arguments returns."""
+        keep = np.ones(self.num_rows, dtype=bool)
+        if not include_failed:
+            keep &= self._status == STATUS_OK
+        if split is not None:
+            present = set(self._splits.tolist())
+            if split not in present:
+                shown = ", ".join(repr(s) for s in sorted(present)) or "none"
+                raise FeatkitError(
+                    f"store {self.path}: expected a split present in the store, got "
+                    f"{split!r} (splits here: {shown})"
+                )
+            keep &= self._splits == split
+        return keep
+
+    def rows(self, split: str | None = None, *, include_failed: bool = False) -> np.ndarray:
+        """Row numbers (int64, ascending) of the selection."""
+        return np.flatnonzero(self.mask(split, include_failed=include_failed)).astype(np.int64)
+
+    def _read_rows(self, name: str, keep: np.ndarray) -> np.ndarray:
+        ds = self._h5["features"][name]
+        out = np.empty((int(keep.sum()), *ds.shape[1:]), dtype=np.float32)
+        filled = 0
+        for start in range(0, self.num_rows, READ_BLOCK):
+            sel = keep[start : start + READ_BLOCK]
+            count = int(sel.sum())
+            if count == 0:
+                continue
+            # One contiguous slice per block, masked in memory.
+            block = ds[start : start + len(sel)]
+            out[filled : filled + count] = block[sel]
+            filled += count
+        return out
+
+    def _require(self, kind: str) -> None:
+        if kind in self.feature_kinds:
+            return
+        if kind == "patch_mean":
+            raise FeatkitError(
+                f"store {self.path}: expected patch_mean features, but this store has only "
+                f"{', '.join(self.feature_kinds)} (imported features or --patches none); "
+                "use kind='cls'"
+            )
+        raise FeatkitError(
+            f"store {self.path}: expected a patch grid, but it was not stored "
+            "(extract again with --patches full)"
+        )
+
+    # -- reads ---------------------------------------------------------------------
+    def features(
+        self, kind: str = "cls", split: str | None = None, *, include_failed: bool = False
+    ) -> np.ndarray:
+        """float32 ``[n, D]`` (``[n, 2D]`` for ``"cls+patch_mean"``) of the selected rows."""
+        if kind not in FEATURE_KINDS:
+            raise FeatkitError(
+                f"feature kind: expected one of {', '.join(FEATURE_KINDS)}, got {kind!r}"
+            )
+        keep = self.mask(split, include_failed=include_failed)
+        parts = kind.split("+")
+        for part in parts:
+            self._require(part)
+        arrays = [self._read_rows(part, keep) for part in parts]
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=1)
+
+    def labels(self, split: str | None = None, *, include_failed: bool = False) -> np.ndarray:
+        """int64 ``[n]`` indices into :attr:`label_names` (-1 = unlabelled)."""
+        return self._labels[self.mask(split, include_failed=include_failed)].copy()
+
+    def paths(self, split: str | None = None, *, include_failed: bool = False) -> list[str]:
+        return [str(p) for p in self._paths[self.mask(split, include_failed=include_failed)]]
+
+    def splits(self, *, include_failed: bool = False) -> list[str]:
+        """The split of each selected row, ``""`` when the data named none."""
+        return [str(s) for s in self._splits[self.mask(include_failed=include_failed)]]
+
+    def status(self) -> list[str]:
+        """``"ok"`` or ``"failed"`` for every row."""
+        return [str(s) for s in self._status]
+
+    def errors(self) -> list[str]:
+        """The failure reason of every row (``""`` for ok rows)."""
+        return [str(e) for e in self._errors]
+
+    def raw_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of ``/features/<name>`` as stored, failed rows included."""
+        self._require(name)
+        return np.asarray(self._h5["features"][name][start:stop])
+
+    def failures(self) -> list[tuple[str, str]]:
+        """(path, reason) of every failed row, in path order."""
+        bad = self._status != STATUS_OK
+        return [(str(p), str(e)) for p, e in zip(self._paths[bad], self._errors[bad], strict=True)]
+
+    @property
+    def grid(self) -> tuple[int, int] | None:
+        """(h, w) of the stored patch grid, or None when no grid was stored."""
+        if "patches" not in self.feature_kinds:
+            return None
+        shape = self._h5["features"]["patches"].shape
+        return int(shape[1]), int(shape[2])
+
+    def iter_patches(
+        self, block: int = 256, split: str | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(idx, grid)`` blocks of the stored patch grid for the ok rows of ``split``.
+
+        ``idx`` (int64 ``[b]``) are positions in the selection, i.e. the same positions as
+        in ``features(split=split)``; ``grid`` is float16 ``[b, h, w, D]``. Memory stays at
+        one block whatever the store size.
+        """
+        if block < 1:
+            raise FeatkitError(f"iter_patches block: expected a positive int, got {block}")
+        self._require("patches")
+        ds = self._h5["features"]["patches"]
+        keep = self.mask(split)
+        position = np.cumsum(keep) - 1
+        for start in range(0, self.num_rows, block):
+            sel = keep[start : start + block]
+            if not sel.any():
+                continue
+            rows = np.flatnonzero(sel)
+            # Slice only the span that holds selected rows, then mask in memory.
+            lo, hi = int(rows[0]), int(rows[-1]) + 1
+            grid = ds[start + lo : start + hi][sel[lo:hi]]
+            yield position[start + rows].astype(np.int64), grid
+
+    def summary(self) -> dict[str, Any]:
+        """Everything ``featkit info`` shows, as plain JSON-able values."""
+        ok = self._status == STATUS_OK
+        label_counts: dict[str, int] = {}
+        counts = Counter(self._labels[ok].tolist())
+        for i, name in enumerate(self.label_names):
+            label_counts[name] = int(counts.get(i, 0))
+        if counts.get(-1):
+            label_counts["(unlabelled)"] = int(counts[-1])
+        split_counts = {str(k): int(v) for k, v in sorted(Counter(self._splits[ok]).items())}
+        grid = self.grid
+        return {
+            "path": str(self.path),
+            "dataset": self.dataset,
+            "model": self.model,
+            "rows": self.num_rows,
+            "ok": int(ok.sum()),
+            "failed": int((~ok).sum()),
+            "failures": self.failures(),
+            "label_counts": label_counts,
+            "split_counts": split_counts,
+            "feature_kinds": list(self.feature_kinds),
+            "dim": self.dim,
+            "grid": list(grid) if grid else None,
+            "fingerprint": self.fingerprint,
+            "file_size": self.path.stat().st_size,
+        }
+
+
+def open_store(path: str | Path) -> Store:
+    """Open a store for reading (``with featkit.open_store(p) as store: ...``)."""
+    return Store(path)
+
+
+# -- import ------------------------------------------------------------------------
+def _read_labels_csv(labels_csv: Path, num_rows: int) -> tuple[list[str], list[str], list[str]]:
+    """(labels, paths, splits) of an import CSV, validated against the feature count."""
+    import pandas as pd
+
+    if not labels_csv.is_file():
+        raise FeatkitError(f"labels CSV {labels_csv}: expected a CSV file, found nothing")
+    try:
+        frame = pd.read_csv(labels_csv, dtype=str, keep_default_na=False)
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise FeatkitError(f"labels CSV {labels_csv}: expected a readable CSV ({err})") from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    if "label" not in frame.columns:
+        raise FeatkitError(
+            f"labels CSV {labels_csv}: expected a 'label' column, got columns "
+            f"{', '.join(frame.columns) or '(none)'}"
+        )
+    if len(frame) != num_rows:
+        raise FeatkitError(
+            f"labels CSV {labels_csv}: expected {num_rows} rows (one per feature row), "
+            f"got {len(frame)}"
+        )
+    labels = [s.strip() for s in frame["label"].tolist()]
+    width = max(6, len(str(num_rows)))
+    if "path" in frame.columns:
+        paths = [s.strip() for s in frame["path"].tolist()]
+        dupes = [p for p, c in Counter(paths).items() if c > 1]
+        if dupes or any(not p for p in paths):
+            raise FeatkitError(
+                f"labels CSV {labels_csv}: expected a unique, non-empty 'path' per row, "
+                f"got {'duplicates such as ' + repr(dupes[0]) if dupes else 'empty paths'}"
+            )
+    else:
+        # Zero-padded row numbers sort like the rows themselves.
+        paths = [f"{i:0{width}d}" for i in range(num_rows)]
+    if "split" in frame.columns:
+        splits = [s.strip().lower() for s in frame["split"].tolist()]
+        bad = sorted({s for s in splits if s not in SPLITS})
+        if bad:
+            raise FeatkitError(
+                f"labels CSV {labels_csv}: expected split values train, val, test or empty, "
+                f"got {', '.join(repr(b) for b in bad[:5])}"
+            )
+    else:
+        splits = [""] * num_rows
+    return labels, paths, splits
+
+
+def import_features(
+    features: np.ndarray,
+    labels_csv: Path,
+    name: str,
+    workspace: Path,
+    *,
+    dataset: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``features`` (``[N, D]``, finite) with the labels of ``labels_csv`` as a store.
+
+    The store lands at ``<workspace>/<dataset>/<name>.h5`` (``dataset`` defaults to the
+    CSV's stem) with feature kind ``"cls"`` only. Rows are sorted by the CSV's ``path``
+    column (or kept in order when there is none). Returns the store path.
+    """
+    from featkit import __version__
+    from featkit.workspace import store_path
+
+    labels_csv = Path(labels_csv)
+    arr = np.asarray(features)
+    if arr.ndim != 2:
+        raise FeatkitError(f"features: expected a 2-D array [N, D], got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise FeatkitError(f"features: expected a real numeric array, got dtype {arr.dtype}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise FeatkitError(f"features: expected at least one row and column, got {arr.shape}")
+    arr = arr.astype(np.float32, copy=False)
+    bad_rows = np.flatnonzero(~np.isfinite(arr).all(axis=1))
+    if len(bad_rows):
+        shown = ", ".join(str(int(r)) for r in bad_rows[:5])
+        more = f" and {len(bad_rows) - 5} more" if len(bad_rows) > 5 else ""
+        raise FeatkitError(
+            f"features: expected finite values, got NaN or inf in {len(bad_rows)} row(s): "
+            f"{shown}{more} (0-based)"
+        )
+    labels, paths, splits = _read_labels_csv(labels_csv, arr.shape[0])
+    dataset = dataset or labels_csv.stem
+    out = store_path(Path(workspace), dataset, name)
+    if out.exists() and not overwrite:
+        raise FeatkitError(
+            f"store {out}: expected a new store name, a store already exists "
+            "(pass --overwrite / overwrite=True to replace it)"
+        )
+    label_names = sorted({lab for lab in labels if lab})
+    index = {lab: i for i, lab in enumerate(label_names)}
+    order = np.argsort(np.asarray(paths, dtype=object), kind="stable")
+    fingerprint = {
+        "featkit_version": __version__,
+        "model": name,
+        "source": "import",
+        "features_sha256": hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest(),
+        "dim": int(arr.shape[1]),
+    }
+    with atomic_hdf5(out) as h5:
+        writer = StoreWriter(
+            h5,
+            num_rows=arr.shape[0],
+            dim=arr.shape[1],
+            dataset=dataset,
+            model=name,
+            label_names=label_names,
+            fingerprint=fingerprint,
+            patch_mean=False,
+        )
+        for start in range(0, len(order), READ_BLOCK):
+            writer.write_features(start, arr[order[start : start + READ_BLOCK]])
+        writer.write_images(
+            paths=[paths[i] for i in order],
+            labels=np.array([index[labels[i]] if labels[i] else -1 for i in order]),
+            splits=[splits[i] for i in order],
+            status=[STATUS_OK] * len(order),
+            errors=[""] * len(order),
+        )
+    return out

@@ -1,0 +1,115 @@
+"""Metrics against scikit-learn and hand computations; statistics over episodes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn import metrics as sk
+
+from featkit import metrics
+from featkit.errors import FeatkitError
+
+
+@pytest.fixture
+def predictions() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 5, 300)
+    # Mostly right, some noise, and a class (5) that only appears among predictions.
+    y_pred = np.where(rng.random(300) < 0.6, y_true, rng.integers(0, 6, 300))
+    return y_true, y_pred
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes")
+def test_classification_metrics_match_sklearn(predictions: tuple[np.ndarray, np.ndarray]) -> None:
+    y_true, y_pred = predictions
+    assert metrics.accuracy(y_true, y_pred) == pytest.approx(sk.accuracy_score(y_true, y_pred))
+    assert metrics.balanced_accuracy(y_true, y_pred) == pytest.approx(
+        sk.balanced_accuracy_score(y_true, y_pred)
+    )
+    assert metrics.macro_f1(y_true, y_pred) == pytest.approx(
+        sk.f1_score(y_true, y_pred, average="macro", zero_division=0)
+    )
+    labels = [3, 1, 0, 2, 4, 5]
+    assert np.array_equal(
+        metrics.confusion_counts(y_true, y_pred, labels),
+        sk.confusion_matrix(y_true, y_pred, labels=labels),
+    )
+
+
+def test_per_class_recall_matches_sklearn_and_is_nan_without_test_images(
+    predictions: tuple[np.ndarray, np.ndarray],
+) -> None:
+    y_true, y_pred = predictions
+    recall = metrics.per_class_recall(y_true, y_pred, [0, 1, 2, 3, 4, 9])
+    expected = sk.recall_score(y_true, y_pred, labels=[0, 1, 2, 3, 4], average=None)
+    np.testing.assert_allclose(recall[:5], expected)
+    assert math.isnan(recall[5])
+
+
+def test_hand_computed_small_case() -> None:
+    y_true = [0, 0, 0, 1]
+    y_pred = [0, 0, 1, 1]
+    assert metrics.accuracy(y_true, y_pred) == 0.75
+    assert metrics.balanced_accuracy(y_true, y_pred) == pytest.approx((2 / 3 + 1) / 2)
+    # F1(0) = 2·2/(2·2+0+1) = 0.8, F1(1) = 2·1/(2·1+1+0) = 2/3
+    assert metrics.macro_f1(y_true, y_pred) == pytest.approx((0.8 + 2 / 3) / 2)
+
+
+def test_macro_auroc_matches_sklearn_with_ties() -> None:
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 200)
+    scores = rng.random((200, 4))
+    scores[np.arange(200), y] += 0.4
+    proba = np.round(scores / scores.sum(1, keepdims=True), 2)  # rounding makes ties
+    # one-vs-rest per class, averaged: what roc_auc_score(multi_class="ovr") does
+    expected = np.mean([sk.roc_auc_score(y == c, proba[:, c]) for c in range(4)])
+    exact = scores / scores.sum(1, keepdims=True)
+    assert metrics.macro_auroc(y, exact, [0, 1, 2, 3]) == pytest.approx(
+        sk.roc_auc_score(y, exact, multi_class="ovr", average="macro")
+    )
+    assert metrics.macro_auroc(y, proba, [0, 1, 2, 3]) == pytest.approx(expected)
+
+
+def test_macro_auroc_is_undefined_when_a_class_is_missing() -> None:
+    y = np.array([0, 1, 1, 0])
+    scores = np.full((4, 3), 1 / 3)
+    assert metrics.macro_auroc(y, scores, [0, 1, 2]) is None
+    assert "macro_auroc" not in metrics.classification_metrics(y, y, scores, [0, 1, 2])
+    with pytest.raises(FeatkitError, match="scores: expected shape"):
+        metrics.macro_auroc(y, scores[:, :2], [0, 1, 2])
+
+
+def test_clustering_metrics_use_a_hungarian_match() -> None:
+    y = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    clusters = np.array([5, 5, 3, 3, 3, 7, 7, 7])  # ids are arbitrary
+    result = metrics.clustering_metrics(y, clusters)
+    # best one-to-one match: 5→0, 3→1, 7→2 gives 7 of 8 right
+    assert result["accuracy"] == pytest.approx(7 / 8)
+    assert result["nmi"] == pytest.approx(sk.normalized_mutual_info_score(y, clusters))
+    assert result["ari"] == pytest.approx(sk.adjusted_rand_score(y, clusters))
+    perm = metrics.clustering_metrics(y, (y + 1) % 3)
+    assert perm["accuracy"] == perm["balanced_accuracy"] == perm["nmi"] == 1.0
+    # more clusters than classes: the unmatched cluster counts as wrong
+    assert metrics.match_clusters([0, 0, 1, 1], [0, 2, 1, 1]).tolist() == [0, -1, 1, 1]
+
+
+def test_summary_uses_a_student_t_interval() -> None:
+    s = metrics.summarize([1.0, 2.0, 3.0])
+    half = 4.302652729911275 * 1.0 / math.sqrt(3)  # t_{0.975, 2} · s / √n
+    assert (s.mean, s.std, s.n_episodes) == (2.0, 1.0, 3)
+    assert s.ci95_low == pytest.approx(2 - half) and s.ci95_high == pytest.approx(2 + half)
+
+
+def test_one_episode_has_zero_spread_and_a_degenerate_interval() -> None:
+    s = metrics.summarize([0.7])
+    assert (s.mean, s.std, s.ci95_low, s.ci95_high, s.n_episodes) == (0.7, 0.0, 0.7, 0.7, 1)
+    assert metrics.summarize([]).n_episodes == 0
+
+
+def test_bad_label_arrays_are_errors() -> None:
+    with pytest.raises(FeatkitError, match="1-D"):
+        metrics.accuracy(np.zeros((2, 2)), [0, 1])
+    with pytest.raises(FeatkitError, match="expected 3 labels"):
+        metrics.accuracy([0, 1, 2], [0, 1])
