@@ -17,6 +17,7 @@ _LAZY = {
     "create_backbone": "featkit.backbones",
     "list_backbones": "featkit.backbones",
     "open_store": "featkit.store",
+    "write_report": "featkit.report",
     "create_protocol": "featkit.protocols",
     "list_protocols": "featkit.protocols",
 }

@@ -191,5 +191,7 @@ def test_bad_settings_are_user_errors(digits: Path, tmp_path: Path) -> None:
         pretrain(digits, tiny_config(epochs=0), tmp_path / "x.safetensors")
     with pytest.raises(FeatkitError, match="centering"):
         pretrain(digits, tiny_config(centering="mean"), tmp_path / "x.safetensors")
+    with pytest.raises(FeatkitError, match="--arch pixels: expected a network with weights"):
+        pretrain(digits, tiny_config(arch="pixels"), tmp_path / "x.safetensors")
     with pytest.raises(FeatkitError, match="split 'train'"):
         pretrain(digits, tiny_config(split="train"), tmp_path / "x.safetensors")

@@ -167,7 +167,7 @@ def test_protocol_grid_expands_every_combination() -> None:
         {"k": 10, "temperature": 0.07},
         {"k": 20, "temperature": 0.07},
     ]
-    assert specs[0].params_string() == "index=exact;k=10;temperature=0.07"
+    assert specs[0].params_string() == "index=auto;k=10;temperature=0.07"
     assert "seed" not in ProtocolSpec("kmeans").params_string()
 
 

@@ -51,13 +51,13 @@ def finetune_command(
         None,
         "--model",
         "-m",
-        help="Backbone: hub name, timm:<name>, hf:<id or folder> [default: the store's model].",
+        help="Backbone: hub name, timm:<name>, hf:<id or folder> (default: the store's model).",
     ),
     weights: Path | None = typer.Option(
         None, "--weights", help="Local checkpoint (.pth/.safetensors) instead of hub weights."
     ),
     image_size: int | None = typer.Option(
-        None, "--image-size", help="Input side in pixels [default: the store's, else the model's]."
+        None, "--image-size", help="Input side in pixels (default: the store's, else the model's)."
     ),
     random_init: bool = typer.Option(
         False, "--random-init", help="Random (seeded) base weights, like extract --random-init."
@@ -77,16 +77,16 @@ def finetune_command(
     loss: Loss = typer.Option(Loss.ce, "--loss", help="Training loss for imbalanced classes."),
     lora_r: int = typer.Option(8, "--lora-r", help="LoRA rank."),
     lora_alpha: float | None = typer.Option(
-        None, "--lora-alpha", help="LoRA scale numerator [default: the rank]."
+        None, "--lora-alpha", help="LoRA scale numerator (default: the rank)."
     ),
     lora_dropout: float = typer.Option(0.1, "--lora-dropout", help="Dropout on LoRA inputs."),
     blocks: int = typer.Option(1, "--blocks", help="last-block: final blocks to unfreeze."),
     epochs: int | None = typer.Option(
-        None, "--epochs", help="Passes over the training images [default: scaled to the data]."
+        None, "--epochs", help="Passes over the training images (default: scaled to the data)."
     ),
     steps: int | None = typer.Option(None, "--steps", help="Optimiser steps (wins over --epochs)."),
     lr: float | None = typer.Option(
-        None, "--lr", help="Peak learning rate [default: linear 1e-2, lora 1e-3, last-block 2e-4]."
+        None, "--lr", help="Peak learning rate (default: linear 1e-2, lora 1e-3, last-block 2e-4)."
     ),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per step."),
     no_flip: bool = typer.Option(False, "--no-flip", help="No horizontal flips (text, digits)."),
@@ -95,7 +95,7 @@ def finetune_command(
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
     cpu_threads: int | None = typer.Option(
-        None, "--cpu-threads", help="CPU threads [default: 1 for small steps, else all]."
+        None, "--cpu-threads", help="CPU threads (default: 1 for small steps, else all)."
     ),
     save_adapters: bool = typer.Option(
         True, "--save-adapters/--no-save-adapters", help="Keep each episode's adapter."

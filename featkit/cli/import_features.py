@@ -17,7 +17,11 @@ def import_command(
     labels: Path = typer.Option(
         ..., "--labels", help="CSV with a 'label' column and optional 'path', 'split' columns."
     ),
-    name: str = typer.Option(..., "--name", help="Model name of the store (e.g. clip-vitb16)."),
+    name: str | None = typer.Option(
+        None,
+        "--name",
+        help="Model name of the store, e.g. clip-vitb16 (default: the .npy file stem).",
+    ),
     dataset: str | None = typer.Option(
         None, "--dataset", help="Data set name (default: the CSV's file name without suffix)."
     ),
@@ -52,7 +56,7 @@ def import_command(
     path = import_features(
         np.asarray(array),
         labels,
-        name,
+        name if name is not None else features.stem,
         resolve_workspace(workspace),
         dataset=dataset,
         overwrite=overwrite,

@@ -53,7 +53,7 @@ def pretrain_command(
     ),
     epochs: int = typer.Option(..., "--epochs", help="Passes over the images."),
     image_size: int | None = typer.Option(
-        None, "--image-size", help="Global crop side in pixels [default: the model's]."
+        None, "--image-size", help="Global crop side in pixels (default: the model's)."
     ),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per step."),
     out_dim: int = typer.Option(4096, "--out-dim", help="K prototypes of the DINO head."),
@@ -98,27 +98,27 @@ def pretrain_command(
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of init, order and crops."),
     workers: int = typer.Option(0, "--workers", help="Data loading processes (0: inline)."),
-    device: str | None = typer.Option(None, "--device", help="cpu or cuda [default: auto]."),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: auto)."),
     out_path: Path | None = typer.Option(
         None,
         "--out",
         help="Backbone .safetensors "
-        "[default: <workspace>/pretrain/<dataset>/<arch>-dino.safetensors].",
+        "(default: <workspace>/pretrain/<dataset>/<arch>-dino.safetensors).",
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
     workspace: Path | None = WORKSPACE_OPTION,
 ) -> None:
     """Pretrain a backbone with DINO on unlabelled images (no labels are used).
 
-    Student and teacher share the architecture; the teacher is an EMA of the student;
-    the student matches the centred, sharpened teacher across 2 global and N local
-    crops. The teacher backbone is saved after every epoch in timm layout, so
-    `featkit extract DATA --model ARCH --weights OUT` reads it. Interrupt at any time
-    and rerun with --resume.
+    Student and teacher share the architecture; the teacher is an EMA of the
+    student; the student matches the centred, sharpened teacher across 2 global
+    and N local crops. The teacher backbone is saved after every epoch in timm
+    layout, so `featkit extract DATA --model ARCH --weights OUT` reads it.
+    Interrupt at any time and rerun with --resume.
 
     Examples:
 
-        featkit pretrain data/cells --arch timm:vit_small_patch16_224 --image-size 96 --epochs 100
+        featkit pretrain data/cells --arch timm:vit_small_patch16_224 --epochs 100
 
         featkit pretrain data/cells --init dino_vits16 --epochs 20 --lr 1e-4
 
@@ -139,8 +139,7 @@ def pretrain_command(
             f"same name, got --arch {arch}"
         )
     kwargs = _parse_kwargs(model_kwargs)
-    name = init or arch
-    assert name is not None  # for mypy: checked above
+    name = init or arch or ""
     if out_path is None:
         dataset = discover(data)
         out_path = (

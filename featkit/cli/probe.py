@@ -62,6 +62,8 @@ def _label(spec: ProtocolSpec, varying: set[str]) -> str:
 def _table(summary: pd.DataFrame, specs: Sequence[ProtocolSpec], shots: list[str]) -> Any:
     from rich.table import Table
 
+    from featkit.report import format_cell
+
     by_params: dict[tuple[str, str], ProtocolSpec] = {(s.name, s.params_string()): s for s in specs}
     varying: dict[str, set[str]] = {}
     for name in {s.name for s in specs}:
@@ -71,7 +73,7 @@ def _table(summary: pd.DataFrame, specs: Sequence[ProtocolSpec], shots: list[str
 
     rows = summary[summary["metric"] == "balanced_accuracy"]
     many = {c: rows[c].nunique() > 1 for c in ("dataset", "feature")}
-    table = Table(title="balanced accuracy (mean ± 95% CI half-width over episodes)")
+    table = Table(title="balanced accuracy, % (mean ± 95% CI half-width over episodes)")
     if many["dataset"]:
         table.add_column("dataset", no_wrap=True)
     table.add_column("model", no_wrap=True)
@@ -94,9 +96,7 @@ def _table(summary: pd.DataFrame, specs: Sequence[ProtocolSpec], shots: list[str
                 continue
             r = hit.iloc[0]
             half = (r["ci95_high"] - r["ci95_low"]) / 2
-            cells.append(
-                f"{r['mean']:.3f} ± {half:.3f}" if r["n_episodes"] > 1 else f"{r['mean']:.3f}"
-            )
+            cells.append(format_cell(r["mean"], half, int(r["n_episodes"])))
         front = ([dataset] if many["dataset"] else []) + [model]
         front += [feature] if many["feature"] else []
         table.add_row(*front, label, *cells)

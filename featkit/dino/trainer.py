@@ -27,7 +27,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -41,6 +41,9 @@ from featkit.dino.multicrop import MultiCrop, MultiCropConfig, default_local_siz
 from featkit.dino.schedules import cosine_schedule, momentum_schedule
 from featkit.errors import FeatkitError
 from featkit.progress import SILENT, Progress
+
+if TYPE_CHECKING:
+    from featkit.backbones import Backbone
 
 logger = logging.getLogger("featkit")
 
@@ -183,6 +186,7 @@ def _atomic_safetensors(tensors: dict[str, Tensor], metadata: dict[str, str], pa
 
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file(tensors, str(tmp), metadata=metadata)
+    os.chmod(tmp, 0o644)  # safetensors writes 0600; the weights are meant to be shared
     os.replace(tmp, path)
 
 
@@ -192,7 +196,7 @@ def backbone_state_dict(backbone: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
 
-def _build_backbone(config: PretrainConfig) -> nn.Module:
+def _build_backbone(config: PretrainConfig) -> Backbone:
     from featkit.backbones import create_backbone
 
     name = config.init or config.arch
@@ -416,24 +420,27 @@ def pretrain(
     torch.manual_seed(config.seed)
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone = _build_backbone(config)
-    embed_dim = int(getattr(backbone, "embed_dim"))  # noqa: B009 - Backbone attribute
-    patch = int(getattr(backbone, "patch_size", 16))
-    global_size = config.image_size or int(getattr(backbone, "preprocessing").crop)  # noqa: B009
+    if not any(p.requires_grad for p in backbone.parameters()):
+        raise FeatkitError(
+            f"--arch {config.init or config.arch}: expected a network with weights to train "
+            "(a ViT), got one without any"
+        )
+    global_size = config.image_size or backbone.preprocessing.crop
     config = dataclasses.replace(config, image_size=global_size)
-    pre = getattr(backbone, "preprocessing")  # noqa: B009
+    pre = backbone.preprocessing
     crops = MultiCropConfig(
         global_size=global_size,
-        local_size=config.local_size or default_local_size(global_size, patch),
+        local_size=config.local_size or default_local_size(global_size, backbone.patch_size),
         n_local=config.local_crops,
         global_scale=config.global_scale,
         local_scale=config.local_scale,
         flip=config.flip,
-        mean=tuple(pre.mean),
-        std=tuple(pre.std),
+        mean=pre.mean,
+        std=pre.std,
     )
     batch_size = min(config.batch_size, len(paths))
     steps_per_epoch = len(paths) // batch_size
-    trainer = DINOTrainer(backbone, embed_dim, config, steps_per_epoch, device)
+    trainer = DINOTrainer(backbone, backbone.embed_dim, config, steps_per_epoch, device)
 
     if resume and saved_path.exists():
         state = torch.load(saved_path, map_location=device, weights_only=True)
