@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from featkit.atomic import atomic_path
 from featkit.errors import FeatkitError
 
 logger = logging.getLogger("featkit")
@@ -102,16 +103,14 @@ def save_safetensors(
     ``model_kwargs`` (JSON-able: depth, embed_dim, ...) are stored as metadata so that
     ``create_backbone("timm:ARCH", weights=path)`` rebuilds the same architecture.
     """
-    import os
 
     from safetensors.torch import save_file
 
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {MODEL_KWARGS_KEY: json.dumps(dict(model_kwargs))} if model_kwargs else None
-    save_file(state, str(tmp), metadata=metadata)
-    os.replace(tmp, target)  # a crash leaves the old file or the new one, never half of one
+    with atomic_path(target) as tmp:  # a crash leaves the old file or the new one
+        save_file(state, str(tmp), metadata=metadata)
     return target
 
 

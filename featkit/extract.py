@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from collections import deque
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from featkit.atomic import atomic_path
 from featkit.errors import FeatkitError, FingerprintMismatchError, ImageDecodeError
 from featkit.fingerprint import BINDING_KEYS, INFO_KEYS, differences, make_fingerprint
 from featkit.progress import SILENT, Progress
@@ -198,13 +198,8 @@ def _shard_path(work_dir: Path, k: int) -> Path:
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data), encoding="utf-8")
 
 
 def _read_manifest(work_dir: Path) -> dict[str, Any] | None:

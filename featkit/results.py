@@ -26,8 +26,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from featkit.atomic import atomic_path
 from featkit.errors import FeatkitError
 from featkit.metrics import summarize
 from featkit.workspace import results_dir
@@ -56,7 +55,9 @@ RESULT_COLUMNS = (
     "run_id",
     "store",
 )
-GROUP_COLUMNS = ("dataset", "model", "feature", "protocol", "params", "shots", "metric")
+# One experimental configuration; its episodes are summarised together.
+CONFIG_COLUMNS = ("dataset", "model", "feature", "protocol", "params", "shots")
+GROUP_COLUMNS = (*CONFIG_COLUMNS, "metric")
 SUMMARY_COLUMNS = (*GROUP_COLUMNS, "mean", "std", "ci95_low", "ci95_high", "n_episodes")
 PER_CLASS_COLUMNS = (
     "dataset",
@@ -182,18 +183,8 @@ def _read(path: Path, columns: Sequence[str]) -> pd.DataFrame:
 
 
 def _atomic_write_csv(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            frame.to_csv(handle, index=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
 
 
 @contextlib.contextmanager
@@ -212,13 +203,38 @@ def _locked(folder: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def _merge(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
-    if old.empty:
+def _replaced_runs(old: pd.DataFrame, new: pd.DataFrame) -> set[str]:
+    """``run_id``s of old rows that the new rows supersede.
+
+    A rerun replaces its own rows (same ``run_id``). When a configuration (dataset,
+    model, feature, protocol, params, shots) comes back with other settings — another
+    seed, or the same episode under another ``run_id`` (new weights, another test
+    fraction) — every old row of that configuration goes, so a summary never averages
+    two different experiments. New episodes of unchanged settings add to the old ones.
+    """
+    replaced = set(new["run_id"])
+    if old.empty or new.empty:
+        return replaced
+    key = list(CONFIG_COLUMNS)
+    for config, fresh in new.groupby(key, sort=False, dropna=False):
+        mask = (old[key].astype(str) == pd.Series(config, index=key).astype(str)).all(axis=1)
+        previous = old[mask]
+        if previous.empty:
+            continue
+        same_episode = previous["episode"].astype(str).isin(set(fresh["episode"].astype(str)))
+        changed = (same_episode & ~previous["run_id"].isin(replaced)).any()
+        other_seed = set(previous["seed"].astype(str)) != set(fresh["seed"].astype(str))
+        if changed or other_seed:
+            replaced |= set(previous["run_id"])
+    return replaced
+
+
+def _merge(old: pd.DataFrame, new: pd.DataFrame, replaced: set[str]) -> pd.DataFrame:
+    kept = old[~old["run_id"].isin(replaced)] if not old.empty else old
+    frames = [f for f in (kept, new) if not f.empty]
+    if not frames:
         return new.reset_index(drop=True)
-    kept = old[~old["run_id"].isin(set(new["run_id"]))]
-    if new.empty:
-        return kept.reset_index(drop=True)
-    return pd.concat([kept, new], ignore_index=True)
+    return pd.concat(frames, ignore_index=True)
 
 
 def summarize_results(results: pd.DataFrame) -> pd.DataFrame:
@@ -248,19 +264,18 @@ def write_results(
     folder = results_dir(workspace)
     new = _frame(rows, RESULT_COLUMNS)
     with _locked(folder):
-        merged = _merge(_read(folder / RESULTS_FILE, RESULT_COLUMNS), new)
+        previous = _read(folder / RESULTS_FILE, RESULT_COLUMNS)
+        replaced = _replaced_runs(previous, new)
+        merged = _merge(previous, new, replaced)
         for extra_rows, name, columns in (
             (per_class, PER_CLASS_FILE, PER_CLASS_COLUMNS),
             (confusion, CONFUSION_FILE, CONFUSION_COLUMNS),
         ):
-            if extra_rows is None:
+            if extra_rows is None and not replaced:
                 continue
-            frame = _frame(extra_rows, columns)
-            # Rows of a rewritten run are dropped even when the run now has none of these.
-            old = _read(folder / name, columns)
-            if not old.empty:
-                old = old[~old["run_id"].isin(set(new["run_id"]))]
-            _atomic_write_csv(_merge(old, frame), folder / name)
+            # Rows of a superseded run go even when the new run brings none of these.
+            frame = _frame(extra_rows if extra_rows is not None else [], columns)
+            _atomic_write_csv(_merge(_read(folder / name, columns), frame, replaced), folder / name)
         _atomic_write_csv(merged, folder / RESULTS_FILE)
         _atomic_write_csv(summarize_results(merged), folder / SUMMARY_FILE)
     return folder

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from featkit.atomic import fsync_dir
 from featkit.errors import FeatkitError
 
 if TYPE_CHECKING:
@@ -56,16 +57,6 @@ def _str_dtype() -> Any:
     import h5py
 
     return h5py.string_dtype("utf-8")
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename durable: fsync the folder entry (no-op where unsupported)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 @contextlib.contextmanager
@@ -528,7 +519,9 @@ def import_features(
         "features_sha256": hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest(),
         "dim": int(arr.shape[1]),
     }
-    with atomic_hdf5(out) as h5:
+    # Imports take no extraction lock: a private temporary name keeps two racing imports
+    # from writing into one file; the last complete one wins the os.replace.
+    with atomic_hdf5(out, out.with_name(f".{out.name}.{os.getpid()}{TMP_SUFFIX}")) as h5:
         writer = StoreWriter(
             h5,
             num_rows=arr.shape[0],

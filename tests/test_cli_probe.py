@@ -96,15 +96,21 @@ def test_help_has_examples() -> None:
 
 
 def test_import_then_probe(tmp_path: Path) -> None:
-    """Features computed elsewhere: featkit import's library call, then the probe."""
-    from featkit.store import import_features
-
+    """Features computed elsewhere: `featkit import` (store named after the .npy), then probe."""
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1, 2], [20, 15, 10])
     features = (rng.normal(size=(3, 8))[y] * 3 + rng.normal(size=(45, 8))).astype(np.float32)
     csv = tmp_path / "labels.csv"
     pd.DataFrame({"label": [f"c{c}" for c in y]}).to_csv(csv, index=False)
-    import_features(features, csv, "mine", tmp_path / "ws")
-    code, output = _probe("-w", str(tmp_path / "ws"), "--shots", "1,all", *FAST)
+    np.save(tmp_path / "mine.npy", features)
+    ws = str(tmp_path / "ws")
+    imported = runner.invoke(
+        app, ["import", str(tmp_path / "mine.npy"), "--labels", str(csv), "-w", ws]
+    )
+    assert imported.exit_code == 0, imported.output
+    assert (tmp_path / "ws" / "labels" / "mine.h5").is_file()
+    code, output = _probe("-w", ws, "--shots", "1,all", *FAST)
     assert code == 0, output
     assert "mine" in output
+    rows = pd.read_csv(tmp_path / "ws" / "results" / "results.csv")
+    assert set(rows["model"]) == {"mine"} and set(rows["dataset"]) == {"labels"}

@@ -182,9 +182,22 @@ def test_rewriting_a_run_replaces_its_rows(tmp_path: Path) -> None:
     assert len(read_results(tmp_path)) == len(result.results)
     assert len(read_per_class(tmp_path)) == len(result.per_class)
     assert len(read_confusion(tmp_path)) == len(result.confusion)
+    # Another seed supersedes the same configurations instead of being averaged in.
     other = evaluate_arrays(toy_data(), ProbeSettings(protocols=FAST[:1], seed=5, episodes=2))
     write_results(tmp_path, other.results)
-    assert len(read_results(tmp_path)) == len(result.results) + len(other.results)
+    first = result.results
+    overlap = (first["protocol"] == FAST[0].name) & first["shots"].isin(set(other.results["shots"]))
+    assert overlap.any()
+    assert len(read_results(tmp_path)) == int((~overlap).sum()) + len(other.results)
+    summary = read_summary(tmp_path)
+    assert (summary.loc[summary["shots"] == "1", "n_episodes"] == 2).all()
+    # New episodes of unchanged settings add to the old ones.
+    more = evaluate_arrays(toy_data(), ProbeSettings(protocols=FAST[:1], seed=5, episodes=3))
+    extra = more.results[more.results["episode"].astype(int) == 2]
+    write_results(tmp_path, extra)
+    summary = read_summary(tmp_path)
+    knn_1 = summary[(summary["shots"] == "1") & (summary["protocol"] == FAST[0].name)]
+    assert (knn_1["n_episodes"] == 3).all()
 
 
 def test_summary_is_recomputed_from_all_rows(tmp_path: Path) -> None:
@@ -230,8 +243,8 @@ def test_a_crash_while_writing_leaves_the_previous_file(
     write_results(tmp_path, first)
     before = (tmp_path / "results" / "results.csv").read_bytes()
 
-    def crash(self: pd.DataFrame, handle: object, **kwargs: object) -> None:
-        handle.write("dataset,model\npartial")  # type: ignore[attr-defined]
+    def crash(self: pd.DataFrame, target: Path, **kwargs: object) -> None:
+        Path(target).write_text("dataset,model\npartial")
         raise OSError("disk full")
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", crash)

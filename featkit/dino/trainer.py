@@ -23,7 +23,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from featkit.atomic import atomic_path
 from featkit.dino.data import MultiCropImages, collate_views
 from featkit.dino.ema import ema_update
 from featkit.dino.head import DINOHead
@@ -176,18 +176,15 @@ def _clip_per_parameter(model: nn.Module, clip: float) -> None:
 
 
 def _atomic_torch_save(obj: object, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _atomic_safetensors(tensors: dict[str, Tensor], metadata: dict[str, str], path: Path) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.chmod(tmp, 0o644)  # safetensors writes 0600; the weights are meant to be shared
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def backbone_state_dict(backbone: nn.Module) -> dict[str, Tensor]:
