@@ -18,13 +18,20 @@ Targets on the 2-core development machine: a/b >= 0.85, a/c >= 2.0, cosine >= 0.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
 
+# The same OpenMP setting `featkit extract` uses (featkit/cli/extract.py), for (a), (b)
+# and (c) alike: they share this process.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 import torch
 from PIL import Image
+
+from featkit.extract import default_decode_workers
 
 TIMM_NAME = "vit_small_patch14_dinov2"
 
@@ -49,7 +56,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n-images", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=2, help="featkit decode threads")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=default_decode_workers(os.cpu_count() or 1),
+        help="featkit decode threads (default: as featkit extract)",
+    )
     parser.add_argument("--precision", default="auto", help="featkit precision for (a) and (b)")
     parser.add_argument("--cosine-images", type=int, default=64)
     parser.add_argument(

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from featkit.backbones import create_backbone
 from featkit.data import discover
 from featkit.digits import write_digits
@@ -26,6 +28,7 @@ from featkit.splits import parse_shots
 from featkit.workspace import store_path
 
 DATASET = "digits"
+RANDOM_INIT_SEED = 0  # the seed featkit extract --random-init uses
 
 
 @dataclass(frozen=True)
@@ -94,12 +97,16 @@ def run_demo(
     stores = []
     for store_name, model, pretrained in _feature_sources(settings):
         began = time.perf_counter()
-        backbone = create_backbone(
-            model,
-            weights=settings.weights if pretrained and model == settings.model else None,
-            image_size=settings.image_size if model == settings.model else None,
-            pretrained=pretrained,
-        )
+        # The random twin is drawn from a fixed seed (as `featkit extract --random-init`
+        # does), so every demo compares against the same random weights.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            backbone = create_backbone(
+                model,
+                weights=settings.weights if pretrained and model == settings.model else None,
+                image_size=settings.image_size if model == settings.model else None,
+                pretrained=pretrained,
+            )
         path = store_path(workspace, dataset.name, store_name)
         extract(dataset, backbone, path, ExtractSettings(model_name=store_name), progress)
         stores.append(path)

@@ -101,6 +101,15 @@ class ExtractReport:
     up_to_date: bool = False  # nothing to do: the store already matched the data
 
 
+def default_decode_workers(cpu_count: int) -> int:
+    """Decode threads for a machine: leave the other cores to the forward pass.
+
+    On 2 cores one decode thread keeps up with a ViT-S forward and a second one only
+    takes CPU from it (measured: docs/performance.md); bigger machines get two.
+    """
+    return 1 if cpu_count <= 2 else 2
+
+
 def partial_dir(out_path: Path) -> Path:
     """The hidden work folder beside ``out_path`` (``.<name>.h5.partial``)."""
     return out_path.with_name(f".{out_path.name}.partial")

@@ -280,6 +280,7 @@ def tune_episode(
                     classifier.head(features[torch.as_tensor(test_rows)].to(device)).float().cpu()
                 )
         else:
+            _probe_head(classifier, images, train_rows, y, loss_fn, settings, generator, device)
             augment = Augment(base.preprocessing, hflip=settings.hflip)
             sources = [images.sources[i] for i in train_rows]
 
@@ -330,6 +331,37 @@ def cpu_threads(
     side = backbone.preprocessing.crop // backbone.patch_size
     rows = batch_size * (side * side + backbone.num_prefix_tokens)
     return 1 if rows < SMALL_STEP_ROWS else None
+
+
+def _probe_head(
+    classifier: TunedClassifier,
+    images: ImageSet,
+    train_rows: np.ndarray,
+    y: Tensor,
+    loss_fn: Any,
+    settings: FinetuneSettings,
+    generator: torch.Generator,
+    device: str,
+) -> None:
+    """Start the head from a linear probe on the untuned features (LP-FT).
+
+    Kumar et al. (2022), "Fine-Tuning can Distort Pretrained Features": a random head
+    trained jointly with the backbone sends large, random gradients into it; with the
+    few hundred steps of a light tune it also never catches up with a plain probe.
+    LoRA's B matrices start at zero, so these are exactly the frozen features.
+    """
+    features = predict_logits(
+        _ClsOnly(classifier.backbone), images.evals[torch.as_tensor(train_rows)], device=device
+    )
+    n = len(train_rows)
+    schedule = make_schedule(
+        n,
+        lr=DEFAULT_LR["linear"],
+        batch_size=settings.batch_size,
+        steps=default_steps(n, settings.batch_size, min_epochs=100, min_steps=300, max_epochs=1000),
+        weight_decay=settings.weight_decay,
+    )
+    _train_head(classifier.head, features, np.arange(n), y, loss_fn, schedule, generator, device)
 
 
 def _linear_steps(n_train: int, settings: FinetuneSettings) -> int | None:
