@@ -94,6 +94,12 @@ def extract_command(
         "--random-init",
         help="Random weights (seeded) as a baseline; stored as <model>-random.",
     ),
+    adapter: Path | None = typer.Option(
+        None,
+        "--adapter",
+        help="An adapter folder written by featkit finetune (…/episode-N): extract tuned "
+        "features into a new store, <model>-<method>-<hash>.",
+    ),
     workspace: Path | None = WORKSPACE_OPTION,
 ) -> None:
     """Extract CLS and patch-mean embeddings of every image into one HDF5 store.
@@ -112,6 +118,8 @@ def extract_command(
 
         featkit extract data/flowers --model dinov2_vits14 --random-init
 
+        featkit extract data/flowers --model dinov2_vits14 --adapter runs/lora/10-shot/episode-0
+
         torchrun --standalone --nproc-per-node 4 -m featkit extract data/ --model dinov2_vitb14
     """
     import os
@@ -128,6 +136,7 @@ def extract_command(
     from featkit.errors import FeatkitError
     from featkit.extract import ExtractSettings, default_decode_workers, extract
     from featkit.progress import SILENT
+    from featkit.tune import adapter_fingerprint, load_tuned_backbone
     from featkit.workspace import store_path
 
     if random_init and weights is not None:
@@ -136,7 +145,12 @@ def extract_command(
     ctx = context_from_env(os.environ)
     device = rank_device(ctx, device, torch.cuda.is_available())
     dataset = discover(data)
-    store_model = name or (f"{model}-random" if random_init else model)
+    tuned = adapter_fingerprint(adapter) if adapter is not None else None
+    if tuned is not None:
+        suffix = f"{tuned['adapter_method']}-{tuned['adapter_sha256'][:8]}"
+        store_model = name or f"{model}-{suffix}"
+    else:
+        store_model = name or (f"{model}-random" if random_init else model)
     target = out_path or store_path(resolve_workspace(workspace), dataset.name, store_model)
     if random_init:
         # Same seed every run (and on every rank), so that a resumed run has the same weights.
@@ -144,6 +158,11 @@ def extract_command(
     backbone = create_backbone(
         model, weights=weights, image_size=image_size, pretrained=not random_init
     )
+    if adapter is not None and tuned is not None:
+        backbone = load_tuned_backbone(backbone, adapter)
+        # The tuned weights are what the store's features depend on: fingerprint them.
+        base = backbone.weights_sha256 or "random"
+        backbone.weights_sha256 = f"{base}+adapter:{tuned['adapter_sha256']}"
     settings = ExtractSettings(
         patches=patches.value,
         precision=precision.value,
