@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,6 +27,15 @@ from rich.progress import Progress as RichProgressBar
 from featkit.errors import FeatkitError
 from featkit.progress import ProgressTask
 from featkit.workspace import DEFAULT_WORKSPACE
+
+
+class TrainPrecision(str, Enum):
+    """--precision of the training commands (fp16 training is not offered)."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
 
 console = Console(stderr=True)
 out = Console()

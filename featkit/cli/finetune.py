@@ -10,6 +10,7 @@ import typer
 
 from featkit.cli._common import (
     WORKSPACE_OPTION,
+    TrainPrecision,
     console,
     out,
     progress_bars,
@@ -34,12 +35,6 @@ class Loss(str, Enum):
     ce = "ce"
     class_balanced = "class-balanced"
     logit_adjusted = "logit-adjusted"
-
-
-class PrecisionChoice(str, Enum):
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
 
 
 @user_errors
@@ -90,8 +85,8 @@ def finetune_command(
     ),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per step."),
     no_flip: bool = typer.Option(False, "--no-flip", help="No horizontal flips (text, digits)."),
-    precision: PrecisionChoice = typer.Option(
-        PrecisionChoice.auto, "--precision", help="auto: bf16 where the CPU or GPU has it."
+    precision: TrainPrecision = typer.Option(
+        TrainPrecision.auto, "--precision", help="auto: bf16 where the CPU or GPU has it."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
     cpu_threads: int | None = typer.Option(

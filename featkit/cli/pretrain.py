@@ -10,6 +10,7 @@ import typer
 
 from featkit.cli._common import (
     WORKSPACE_OPTION,
+    TrainPrecision,
     console,
     out,
     progress_bars,
@@ -23,12 +24,6 @@ ORDER = 30
 class Centering(str, Enum):
     ema = "ema"
     sinkhorn = "sinkhorn"
-
-
-class TrainPrecision(str, Enum):
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
 
 
 @user_errors
