@@ -8,7 +8,6 @@ export HF_HUB_OFFLINE ?= 1
 
 $(BIN)/featkit-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
