@@ -147,3 +147,29 @@ def test_data_summary_counts_the_probes_split_on_real_digits() -> None:
     assert small > 0  # 15 images of class 9 → 3 test images
     assert any(f"{small} classes have fewer than {MIN_TEST_IMAGES}" in w for w in summary.lines())
     assert "2 failed to decode" in summary.lines()[0]
+
+
+def test_shots_panels_one_panel_per_model_shared_axis_best_finetune_starred(tmp_path) -> None:
+    from featkit.shots_panels import plot_shots_panels
+
+    rows = []
+    for model in ("a", "b", "c", "d"):
+        for method in ("knn", "logistic"):
+            for shots, mean in (("1", 0.4), ("5", 0.6), ("10", 0.7), ("all", 0.8)):
+                rows.append((model, method, method, shots, mean))
+    rows += [("a", "finetune-lora", "finetune-lora", "10", 0.85)]
+    rows += [("a", "finetune-linear", "finetune-linear", "10", 0.75)]
+    summary = pd.DataFrame(rows, columns=["model", "method", "protocol", "shots", "mean"])
+    summary["low"], summary["high"] = summary["mean"] - 0.05, summary["mean"] + 0.05
+    path = tmp_path / "shots.png"
+    fig = plot_shots_panels(summary, "balanced_accuracy", path, title="digits")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["a", "b", "c", "d"]
+    assert len({ax.get_ylim() for ax in panels}) == 1  # one y axis for every model
+    stars = [line for ax in panels for line in ax.get_lines() if line.get_marker() == "*"]
+    assert len(stars) == 1 and stars[0].get_ydata()[0] == pytest.approx(85.0)
+    assert stars[0].axes.get_title() == "a"
+    # x positions follow the reading order 1, 5, 10, all.
+    labels = [t.get_text() for t in panels[0].get_xticklabels()]
+    assert labels == ["1", "5", "10", "all"]
