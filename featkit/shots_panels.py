@@ -23,6 +23,7 @@ from featkit.splits import Shots
 
 FINETUNE_PREFIX = "finetune"
 PANEL_COLUMNS = 3
+TUNED_OFFSET = 0.12
 
 
 def _shots_order(values: pd.Series) -> list[str]:
@@ -46,12 +47,15 @@ def plot_shots_panels(summary: pd.DataFrame, metric: str, path: Path, title: str
         part = summary[summary["model"] == model]
         finetunes = part[part["protocol"].str.startswith(FINETUNE_PREFIX)]
         best = finetunes["mean"].idxmax() if not finetunes.empty else None
+        tuned_methods = list(dict.fromkeys(finetunes["method"]))
         for method, curve in part.groupby("method", sort=False):
             curve = curve.sort_values("shots", key=lambda c: c.map(position))
             x = curve["shots"].map(position).to_numpy(dtype=float)
             y, lo, hi = (100 * curve[c].to_numpy(dtype=float) for c in ("mean", "low", "high"))
             kw = {"color": color[method], "label": method}
             tuned = str(curve["protocol"].iloc[0]).startswith(FINETUNE_PREFIX)
+            if tuned:  # side by side, so fine-tunes at one shot count don't hide each other
+                x = x + TUNED_OFFSET * (1 + tuned_methods.index(method))
             if tuned or len(x) == 1:
                 ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt="s", capsize=3, ms=5, **kw)
             else:
@@ -60,7 +64,8 @@ def plot_shots_panels(summary: pd.DataFrame, metric: str, path: Path, title: str
         if best is not None:
             star = part.loc[best]
             ax.plot(
-                position[str(star["shots"])],
+                position[str(star["shots"])]
+                + TUNED_OFFSET * (1 + tuned_methods.index(star["method"])),
                 100 * star["mean"],
                 marker="*",
                 ms=15,
