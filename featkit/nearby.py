@@ -214,9 +214,14 @@ def rebuild_backbone(store: Store, weights: Path | None = None) -> Backbone:
     made = make_fingerprint(backbone, precision=str(fp["precision"]), patches=str(fp["patches"]))
     changed = differences(fp, made, BINDING_KEYS)
     if changed:
+        hint = (
+            " (pass --weights with the file it was extracted with)"
+            if any(c.startswith("weights_sha256") for c in changed)
+            else ""
+        )
         raise FeatkitError(
             f"store {store.path}: expected the backbone rebuilt from its fingerprint to match, "
-            f"got {'; '.join(changed)} (pass --weights with the file it was extracted with)"
+            f"got {'; '.join(changed)}{hint}"
         )
     return backbone
 

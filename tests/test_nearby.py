@@ -182,3 +182,37 @@ def test_tables_keep_whole_headers_and_paths_when_piped(planted: Planted) -> Non
 def test_bad_neighbors_input_exits_2(planted: Planted, args: list[str], message: str) -> None:
     code, output = _neighbors(planted.store, *args)
     assert code == 2 and message in output, output
+
+
+def _copy_with_fingerprint(source: Path, target: Path, changes: dict[str, object]) -> Path:
+    """``source`` rewritten with fingerprint keys changed (features and rows as they are)."""
+    from featkit.store import StoreWriter, atomic_hdf5
+
+    with open_store(source) as store:
+        fingerprint = {**store.fingerprint, **changes}
+        x, labels = store.features("cls"), store.labels()
+        paths, splits, names = store.paths(), store.splits(), store.label_names
+    with atomic_hdf5(target) as h5:
+        writer = StoreWriter(h5, num_rows=len(x), dim=x.shape[1], dataset="digits", model="m",
+                             label_names=names, fingerprint=fingerprint, patch_mean=False)  # fmt: skip
+        writer.write_features(0, x)
+        writer.write_images(paths, labels, splits, ["ok"] * len(x), [""] * len(x))
+    return target
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"weights_sha256": "0" * 64}, "pass --weights with the file it was extracted with"),
+        ({"image_size": 16}, "preprocessing.crop: 8 -> 16"),
+        ({"source": "import"}, "got imported features (no backbone)"),
+    ],
+)
+def test_a_new_image_is_only_embedded_with_the_backbone_that_made_the_store(
+    planted: Planted, tmp_path: Path, changes: dict[str, object], message: str
+) -> None:
+    store = _copy_with_fingerprint(planted.store, tmp_path / "m.h5", changes)
+    code, output = _neighbors(store, "--query", planted.outside)
+    assert code == 2 and message in output, output
+    code, output = _neighbors(store, "--query", planted.outside_source, "--format", "csv")
+    assert code == 0, output  # a stored path needs no backbone
