@@ -193,8 +193,16 @@ def _copy_with_fingerprint(source: Path, target: Path, changes: dict[str, object
         x, labels = store.features("cls"), store.labels()
         paths, splits, names = store.paths(), store.splits(), store.label_names
     with atomic_hdf5(target) as h5:
-        writer = StoreWriter(h5, num_rows=len(x), dim=x.shape[1], dataset="digits", model="m",
-                             label_names=names, fingerprint=fingerprint, patch_mean=False)  # fmt: skip
+        writer = StoreWriter(
+            h5,
+            num_rows=len(x),
+            dim=x.shape[1],
+            dataset="digits",
+            model="m",
+            label_names=names,
+            fingerprint=fingerprint,
+            patch_mean=False,
+        )
         writer.write_features(0, x)
         writer.write_images(paths, labels, splits, ["ok"] * len(x), [""] * len(x))
     return target
