@@ -192,13 +192,18 @@ def cls_and_patch_mean(
 
 
 def random_official_state(
-    family: str, timm_state: dict[str, Tensor], heads: int, seed: int = 0
+    family: str,
+    timm_state: dict[str, Tensor],
+    heads: int,
+    seed: int = 0,
+    qkv_bias: bool = True,
 ) -> dict[str, Tensor]:
     """Random weights in the *released* layout of ``family``, shaped like a timm model.
 
     Every parameter is perturbed (LayerNorm affine, LayerScale, attention biases
     including the masked k part, tokens); position embeddings are white noise, the
-    worst case for resampling.
+    worst case for resampling. ``qkv_bias``: DINOv3 attention biases, as the official
+    models other than the 7B have them (added when the timm model has none).
     """
     gen = torch.Generator().manual_seed(seed)
 
@@ -231,9 +236,11 @@ def random_official_state(
         out["rope_embed.periods"] = ROPE_BASE ** (4 * k / (dim // heads))
         for i in range(1 + max(int(k.split(".")[1]) for k in out if k.startswith("blocks."))):
             q_bias = out.pop(f"blocks.{i}.attn.q_bias", None)
-            if q_bias is None:
+            v_bias = out.pop(f"blocks.{i}.attn.v_bias", None)
+            if not qkv_bias:
                 continue
-            v_bias = out.pop(f"blocks.{i}.attn.v_bias")
+            if q_bias is None or v_bias is None:
+                q_bias, v_bias = noise(torch.Size([dim]), 0.1), noise(torch.Size([dim]), 0.1)
             k_bias = noise(q_bias.shape, 0.1)  # masked: must not change anything
             out[f"blocks.{i}.attn.qkv.bias"] = torch.cat([q_bias, k_bias, v_bias])
             ones = torch.ones_like(q_bias)
