@@ -30,14 +30,28 @@ import tempfile
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests/ of this checkout
 from featkit.backbones import create_backbone
-from tests import official_reference as ref
+
+
+def _load_reference() -> Any:
+    """tests/official_reference.py of this checkout, by path (whatever featkit is imported)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "tests" / "official_reference.py"
+    spec = importlib.util.spec_from_file_location("official_reference", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ref = _load_reference()
 
 # name -> (family, patch, released input size (None: RoPE), heads at full size, DINOv3 q/v bias)
 MODELS: dict[str, tuple[str, int, int | None, int, bool]] = {
@@ -191,13 +205,19 @@ def reference_truth(name: str, heads: int) -> Truth:
 def cosines(
     name: str, weights: Path, state: dict[str, Tensor], truth: Truth, kwargs: dict, sizes: list
 ) -> list[str]:
-    backbone = create_backbone(name, weights=weights, model_kwargs=kwargs or None)
     cells = []
     gen = torch.Generator().manual_seed(0)
     for h, w in sizes:
         x = torch.randn(2, 3, h, w, generator=gen)
+        # Built per size: featkit versions before issue 12 fixed the grid at build time.
+        backbone = create_backbone(name, weights=weights, image_size=h, model_kwargs=kwargs or None)
+        try:
+            with torch.no_grad():
+                out = backbone(x)
+        except (RuntimeError, AssertionError) as err:  # that older featkit, non-square input
+            cells.append(f"fails: {str(err).splitlines()[0][:40]}")
+            continue
         with torch.no_grad():
-            out = backbone(x)
             cls, mean = truth(state, x)
         c = F.cosine_similarity(out.cls, cls).min().item()
         m = F.cosine_similarity(out.patches.mean((1, 2)), mean).min().item()

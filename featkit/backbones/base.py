@@ -276,6 +276,10 @@ def create_backbone(
     else:
         _load_plugins()
         factory = _REGISTRY.get(name)
+        from featkit.backbones.hub import UNSUPPORTED_MODELS
+
+        if name in UNSUPPORTED_MODELS:
+            raise FeatkitError(f"{name} is not supported: {UNSUPPORTED_MODELS[name]}")
         if factory is None:
             raise FeatkitError(
                 f"unknown model {name!r}; expected a name from list_backbones() (featkit "

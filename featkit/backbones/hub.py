@@ -138,3 +138,47 @@ def cached_weights(name: str) -> Path | None:
         )
     except FeatkitError:
         return None
+
+
+FAMILY_NAMES = {
+    "dino": "DINO v1",
+    "dinov2": "DINOv2",
+    "dinov2_reg": "DINOv2 + registers",
+    "dinov3": "DINOv3",
+}
+
+
+def describe_models(check_cache: bool = True) -> list[dict[str, Any]]:
+    """One row per official name (``featkit models``): supported hub names, then the
+    official names featkit does not build, each with the reason."""
+    rows: list[dict[str, Any]] = []
+    for name, spec in HUB_MODELS.items():
+        path = cached_weights(name) if check_cache else None
+        rows.append(
+            {
+                "name": name,
+                "family": FAMILY_NAMES[spec.family],
+                "patch_size": spec.patch_size,
+                "embed_dim": spec.embed_dim,
+                "depth": spec.depth,
+                "registers": spec.registers,
+                "supported": True,
+                "weights_cached": str(path) if path is not None else None,
+                "note": "",
+            }
+        )
+    for name, reason in UNSUPPORTED_MODELS.items():
+        rows.append(
+            {
+                "name": name,
+                "family": "DINOv3 ConvNeXt",
+                "patch_size": None,
+                "embed_dim": None,
+                "depth": None,
+                "registers": None,
+                "supported": False,
+                "weights_cached": None,
+                "note": f"not supported: {reason}",
+            }
+        )
+    return rows
