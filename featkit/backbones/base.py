@@ -121,6 +121,8 @@ class Backbone(nn.Module):
     # How position embeddings reach the input size (recorded in the store fingerprint):
     # see featkit.backbones.official.POS_EMBED_RULES for the hub names' rules.
     pos_embed_rule: str
+    # One-line notices for the caller (the library never prints), e.g. a changed statistic.
+    notices: tuple[str, ...]
 
     def __init__(
         self,
@@ -145,6 +147,7 @@ class Backbone(nn.Module):
         self.weights_sha256 = weights_sha256
         self.lora_targets = lora_targets
         self.pos_embed_rule = pos_embed_rule
+        self.notices = ()
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -236,6 +239,7 @@ def create_backbone(
     model_kwargs: dict[str, Any] | None = None,
     device: str | torch.device | None = None,
     local_files_only: bool = False,
+    transform: str = "processor",
 ) -> Backbone:
     """Build a backbone in eval mode by name.
 
@@ -250,9 +254,13 @@ def create_backbone(
     ``model_kwargs``: passed to ``timm.create_model`` / the transformers config (tiny
     depth or width in tests). ``device="meta"`` builds without allocating memory.
     ``local_files_only``: never touch the network for hub weights.
+    ``transform``: for ``hf:`` names, "processor" follows the model's processor config
+    and "family" the DINO evaluation recipe; other names always use their family's.
     """
     if image_size is not None and (not isinstance(image_size, int) or image_size <= 0):
         raise FeatkitError(f"image size must be a positive integer, got {image_size!r}")
+    if transform not in ("processor", "family"):
+        raise FeatkitError(f"transform: expected processor or family, got {transform!r}")
     if device is not None and torch.device(device).type == "meta" and (pretrained or weights):
         raise FeatkitError(
             f"{name}: a meta-device backbone has no weights; pass pretrained=False and no weights"
@@ -272,7 +280,9 @@ def create_backbone(
     elif name.startswith("hf:"):
         from featkit.hf_backbone import create_hf_backbone
 
-        backbone = create_hf_backbone(name, name.removeprefix("hf:"), **options)
+        backbone = create_hf_backbone(
+            name, name.removeprefix("hf:"), transform=transform, **options
+        )
     else:
         _load_plugins()
         factory = _REGISTRY.get(name)
