@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# featkit from this checkout, unless PYTHONPATH names another (to measure an older one).
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 from featkit.backbones import create_backbone
 
 

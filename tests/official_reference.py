@@ -227,7 +227,8 @@ def random_official_state(
         else:
             out[key] = noise(ref.shape, 0.1 if key.endswith("bias") else 1.0)
     dim = out["cls_token"].shape[-1]
-    out["mask_token"] = noise(torch.Size([1, dim]))  # pretraining only; official files carry it
+    if family != "dino":  # DINOv2/v3 files carry their pretraining mask token
+        out["mask_token"] = noise(torch.Size([1, dim]))
     if family == "dinov2_reg":  # the released file keeps a CLS slot in pos_embed
         out["pos_embed"] = torch.cat([noise(torch.Size([1, 1, dim])), out["pos_embed"]], dim=1)
     if family == "dinov3":
