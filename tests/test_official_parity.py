@@ -122,3 +122,23 @@ def test_masked_k_bias_and_storage_tokens_follow_the_release(tmp_path: Path) -> 
     zero = create_backbone("dinov3_vits16", weights=tmp_path / "zero.pth", model_kwargs=TINY)
     with torch.no_grad():
         assert not torch.allclose(backbone(x).cls, zero(x).cls, atol=1e-3)
+
+
+def test_a_file_with_another_grid_keeps_it_and_follows_the_rule(tmp_path: Path) -> None:
+    # e.g. a featkit pretrain output or a timm file resampled to 56 px: a 4x4 grid.
+    src = create_backbone(
+        "timm:vit_small_patch14_dinov2", pretrained=False, image_size=56, model_kwargs=TINY
+    )
+    gen = torch.Generator().manual_seed(3)
+    state = {
+        k: torch.randn(v.shape, generator=gen) * 0.3 for k, v in src.model.state_dict().items()
+    }
+    torch.save(state, tmp_path / "grid4.pth")
+    backbone = create_backbone("dinov2_vits14", weights=tmp_path / "grid4.pth", model_kwargs=TINY)
+    assert backbone.model.pos_embed.shape[1] == 1 + 16  # not resampled at load
+    x = torch.randn(2, 3, 28, 70, generator=gen)
+    with torch.no_grad():
+        out = backbone(x)
+        cls, mean = ref.cls_and_patch_mean(state, "dinov2", x, HEADS, 0)
+    assert F.cosine_similarity(out.cls, cls).min() >= TARGET
+    assert F.cosine_similarity(out.patches.mean((1, 2)), mean).min() >= TARGET

@@ -15,6 +15,7 @@ The table also says what ``featkit models`` lists, without building anything.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,9 +115,28 @@ def _create_hub(name: str, *, spec: HubModel, **options: Any) -> Backbone:
             return {"qkv_bias": spec.qkv_bias if state is None else has_qkv_bias(state)}
 
         return create_timm(name, spec.arch, extra=extra, kwargs_from_state=biases, **options)
-    # Keep the released grid; the official rule resamples it to each input at forward time.
+    # Keep the file's grid (the released one for released files) so that nothing is
+    # resampled at load; the official rule resamples it to each input at forward time.
     extra.update(img_size=spec.stored_size, dynamic_img_size=True)
-    return create_timm(name, spec.arch, extra=extra, pos_embed_family=spec.family, **options)
+    patch = int((options.get("model_kwargs") or {}).get("patch_size", spec.patch_size))
+
+    def stored_grid(state: StateDict | None) -> dict[str, Any]:
+        pos = None if state is None else state.get("pos_embed")
+        if pos is None:
+            return {}
+        side = math.isqrt(pos.shape[1])  # timm register layout: patches only
+        if side * side != pos.shape[1]:
+            side = math.isqrt(pos.shape[1] - 1)  # official layout: a CLS slot first
+        return {"img_size": side * patch}
+
+    return create_timm(
+        name,
+        spec.arch,
+        extra=extra,
+        kwargs_from_state=stored_grid,
+        pos_embed_family=spec.family,
+        **options,
+    )
 
 
 for _hub_name, _spec in HUB_MODELS.items():
