@@ -183,10 +183,14 @@ def to_timm_layout(state: StateDict, model: nn.Module) -> StateDict:
     return _timm_filter(state, model)
 
 
+def read_state_dict(path: Path) -> StateDict:
+    """The backbone tensors of a weight file: read safely, then unwrapped."""
+    return unwrap_state_dict(read_checkpoint(path), source=f"weights file {path}")
+
+
 def load_timm_weights(model: nn.Module, path: Path) -> None:
     """Read, unwrap, convert and strictly load ``path`` into the timm ``model``."""
-    state = unwrap_state_dict(read_checkpoint(path), source=f"weights file {path}")
-    load_strict(model, to_timm_layout(state, model), source=f"weights file {path}")
+    load_strict(model, to_timm_layout(read_state_dict(path), model), f"weights file {path}")
 
 
 def load_strict(model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
@@ -251,17 +255,24 @@ def _convert_dinov2(state: StateDict, model: nn.Module) -> StateDict:
 
 
 def _prepare_dinov3(state: StateDict, model: nn.Module) -> StateDict:
-    """Drop DINOv3 qkv biases the target has no parameter for, before timm's filter.
+    """Check DINOv3 attention biases against the target before timm's filter.
 
-    The distilled DINOv3 models carry an all-zero ``qkv.bias``; timm builds them without
-    q/v biases and its filter would otherwise print for every block.
+    The official models add q and v biases (the k part is masked); the distilled releases
+    carry them all zero. A target built without biases may drop all-zero ones (the same
+    maths; timm's filter would otherwise print for every block) but never non-zero ones:
+    that would compute another network, so it is an error naming the fix.
     """
     params = dict(model.named_parameters())
     out: StateDict = {}
     for k, v in state.items():
         if k.endswith("attn.qkv.bias") and k.replace("qkv.bias", "q_bias") not in params:
-            if torch.count_nonzero(v):
-                logger.warning("dropping non-zero %s: the timm model has no q/v bias", k)
+            q, _, v_part = v.chunk(3, dim=-1)  # the k third is masked by the official code
+            if torch.count_nonzero(q) or torch.count_nonzero(v_part):
+                raise FeatkitError(
+                    f"{k} holds non-zero q/v biases but the {type(model).__name__} model has "
+                    "no attention bias; use the DINOv3 hub name (dinov3_vits16, ...), which "
+                    "keeps them, or a timm name ending in _qkvb"
+                )
             continue
         out[k] = v
     return out

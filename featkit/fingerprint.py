@@ -22,6 +22,7 @@ BINDING_KEYS = (
     "image_size",
     "precision",
     "patches",
+    "pos_embed",
 )
 # Keys recorded for provenance; a difference only logs a warning.
 INFO_KEYS = ("featkit_version", "torch", "timm")
@@ -52,23 +53,30 @@ def make_fingerprint(backbone: Backbone, *, precision: str, patches: str) -> dic
 
     pre = backbone.preprocessing
     weights = backbone.weights_sha256 or f"params:{parameters_sha256(backbone)}"
-    return {
+    preprocessing: dict[str, Any] = {
+        "resize": int(pre.resize),
+        "crop": int(pre.crop),
+        "interpolation": str(pre.interpolation),
+        "mean": [float(v) for v in pre.mean],
+        "std": [float(v) for v in pre.std],
+    }
+    if pre.resize_mode != "shorter":  # recorded only when not the DINO default, so that
+        preprocessing["resize_mode"] = pre.resize_mode  # older stores still resume
+    fingerprint: dict[str, Any] = {
         "featkit_version": __version__,
         "model": backbone.name,
         "weights_sha256": weights,
-        "preprocessing": {
-            "resize": int(pre.resize),
-            "crop": int(pre.crop),
-            "interpolation": str(pre.interpolation),
-            "mean": [float(v) for v in pre.mean],
-            "std": [float(v) for v in pre.std],
-        },
+        "preprocessing": preprocessing,
         "image_size": int(pre.crop),
         "precision": precision,
         "patches": patches,
         "torch": torch.__version__,
         "timm": timm.__version__,
     }
+    rule = getattr(backbone, "pos_embed_rule", "none")
+    if rule != "none":  # how position embeddings reached the input size (issue 12)
+        fingerprint["pos_embed"] = rule
+    return fingerprint
 
 
 def _short(value: Any) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -28,6 +29,8 @@ from featkit.backbones import (
     _check_image_size,
 )
 from featkit.errors import FeatkitError
+
+logger = logging.getLogger("featkit")
 
 # transformers model_type → whether the model has register tokens.
 SUPPORTED_TYPES = ("dinov2", "dinov2_with_registers", "dinov3_vit", "vit")
@@ -81,8 +84,14 @@ def create_hf_backbone(
     model_kwargs: dict[str, Any] | None,
     device: str | torch.device | None,
     local_files_only: bool,
+    transform: str = "processor",
 ) -> Backbone:
-    """Build ``hf:<source>``; see :func:`featkit.backbones.create_backbone`."""
+    """Build ``hf:<source>``; see :func:`featkit.backbones.create_backbone`.
+
+    ``transform``: "processor" follows the model's ``preprocessor_config.json`` (resize or
+    crop, sizes, statistics); "family" uses the DINO evaluation recipe (resize to 256,
+    centre-crop 224, bicubic, ImageNet statistics).
+    """
     from transformers import AutoConfig, AutoModel
 
     folder = Path(source).expanduser()
@@ -101,7 +110,7 @@ def create_hf_backbone(
         )
 
     patch_size = int(config.patch_size)
-    preprocessing = _preprocessing(src, config, image_size, offline)
+    preprocessing, notices = _preprocessing(name, src, config, image_size, offline, transform)
     _check_image_size(name, preprocessing.crop, patch_size)
 
     path = checkpoints.check_weights_path(weights) if weights is not None else None
@@ -125,7 +134,7 @@ def create_hf_backbone(
         weight_file = _find_weight_file(src, is_local)
         sha = checkpoints.sha256_file(weight_file) if weight_file is not None else None
 
-    return HFBackbone(
+    backbone = HFBackbone(
         name=name,
         model=model,
         patch_size=patch_size,
@@ -134,7 +143,12 @@ def create_hf_backbone(
         preprocessing=preprocessing,
         weights_sha256=sha,
         lora_targets=_lora_targets(model),
+        pos_embed_rule=f"transformers: {type(model).__name__}",
     )
+    backbone.notices = tuple(notices)
+    for notice in notices:
+        logger.warning("%s", notice)
+    return backbone
 
 
 @contextlib.contextmanager
@@ -161,32 +175,58 @@ def _lora_targets(model: nn.Module) -> tuple[str, ...]:
     raise FeatkitError(f"cannot find the attention projections of {type(model).__name__}")
 
 
-def _preprocessing(src: str, config: Any, image_size: int | None, offline: bool) -> Preprocessing:
-    """From ``preprocessor_config.json`` when present, else DINO defaults."""
-    proc = _read_processor_config(src, offline)
-    mean = proc.get("image_mean") or getattr(config, "image_mean", None) or IMAGENET_MEAN
-    std = proc.get("image_std") or getattr(config, "image_std", None) or IMAGENET_STD
-    interpolation = _PIL_RESAMPLE.get(int(proc.get("resample", 3)), "bicubic")
-    if image_size is not None or not proc:
+# What ``transform=`` accepts: the processor's own recipe, or the DINO family evaluation one.
+TRANSFORMS = ("processor", "family")
+V1_NOTICE = (
+    "{name}: its processor normalises with mean/std 0.5, the ViTImageProcessor default, but "
+    "DINO v1 was trained with ImageNet statistics; using those (transform='family' gives "
+    "the DINO evaluation recipe)"
+)
+
+
+def _preprocessing(
+    name: str, src: str, config: Any, image_size: int | None, offline: bool, transform: str
+) -> tuple[Preprocessing, list[str]]:
+    """The processor's recipe (resize vs crop, sizes, resampling, statistics) when the model
+    has a ``preprocessor_config.json`` and ``transform="processor"``, else the DINO
+    evaluation recipe; plus notices for the caller."""
+    if transform not in TRANSFORMS:
+        raise FeatkitError(f"transform: expected one of {', '.join(TRANSFORMS)}, got {transform!r}")
+    proc = _read_processor_config(src, offline) if transform == "processor" else {}
+    notices: list[str] = []
+    if not proc:
         crop = image_size or min(int(getattr(config, "image_size", HUB_IMAGE_SIZE)), HUB_IMAGE_SIZE)
-        return Preprocessing.dino(crop, mean=mean, std=std, interpolation=interpolation)
-    size = _side(proc.get("size"))
-    crop_size = _side(proc.get("crop_size"))
+        return Preprocessing.dino(crop), notices
+    mean = _triple_or(proc.get("image_mean"), IMAGENET_MEAN)
+    std = _triple_or(proc.get("image_std"), IMAGENET_STD)
+    if config.model_type == "vit" and mean == std == (0.5, 0.5, 0.5):
+        # The DINO v1 ports on the hub kept ViTImageProcessor's defaults (issue 12: CLS cosine
+        # 0.879 against ImageNet statistics, which the weights were trained with).
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+        notices.append(V1_NOTICE.format(name=name))
+    interpolation = _PIL_RESAMPLE.get(int(proc.get("resample", 3)), "bicubic")
+    size, crop_size = proc.get("size"), _side(proc.get("crop_size"))
+    short = size.get("shortest_edge") if isinstance(size, dict) else None
     if proc.get("do_center_crop", crop_size is not None) and crop_size is not None:
-        crop = crop_size
-        resize = size if size is not None else round(crop / 0.875)
-    else:
-        # e.g. DINOv3's processor resizes straight to a square; we keep the aspect
-        # ratio and centre-crop the same side instead, which loses the image borders.
-        crop = size if size is not None else HUB_IMAGE_SIZE
-        resize = crop
-    return Preprocessing(
-        resize=resize,
-        crop=crop,
-        interpolation=interpolation,
-        mean=(float(mean[0]), float(mean[1]), float(mean[2])),
-        std=(float(std[0]), float(std[1]), float(std[2])),
-    )
+        # Resize the shorter side, then centre-crop (DINOv2's BitImageProcessor).
+        resize = int(short) if short is not None else _side(size) or round(crop_size / 0.875)
+        if image_size is not None:  # same recipe at another size: keep the resize ratio
+            resize, crop_size = round(image_size * resize / crop_size), image_size
+        return Preprocessing(resize, crop_size, interpolation, mean, std), notices
+    if short is not None:
+        # Shorter side only, no crop: featkit needs a fixed grid, so it crops the centre.
+        side = image_size or int(short)
+        return Preprocessing(side, side, interpolation, mean, std), notices
+    # Resize straight to a square, aspect ratio not kept (ViT / DINOv3 processors).
+    side = image_size or _side(size) or HUB_IMAGE_SIZE
+    return Preprocessing(side, side, interpolation, mean, std, resize_mode="square"), notices
+
+
+def _triple_or(values: Any, default: tuple[float, float, float]) -> tuple[float, float, float]:
+    if not values:
+        return default
+    a, b, c = (float(v) for v in values)
+    return (a, b, c)
 
 
 def _read_processor_config(src: str, offline: bool) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from featkit.backbones import (
+    HUB_MODELS,
     Backbone,
     BackboneOutput,
     Preprocessing,
@@ -59,6 +60,15 @@ def test_hub_name_resolves_to_architecture(name: str) -> None:
     assert b.final_norm is b.model.norm
     assert b.lora_targets == ("qkv",)
     assert b.weights_sha256 is None
+    spec = HUB_MODELS[name]  # what `featkit models` shows without building
+    assert (spec.patch_size, spec.embed_dim, spec.depth, spec.registers) == (
+        patch,
+        dim,
+        depth,
+        regs,
+    )
+    family = "dinov3" if name.startswith("dinov3") else "dino" if tag == "dino" else "dinov2"
+    assert b.pos_embed_rule.startswith("rope" if family == "dinov3" else "official-")
     # DINO eval recipe at 224: resize 256, bicubic, ImageNet statistics.
     assert b.preprocessing == Preprocessing(
         256, 224, "bicubic", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -259,3 +269,31 @@ def test_hub_weights_go_through_the_local_loading_path(empty_hub_cache, monkeypa
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(b(x).cls, src(x).cls)
+
+
+def test_fingerprint_names_the_rule_the_resize_and_the_precision() -> None:
+    from featkit.fingerprint import BINDING_KEYS, make_fingerprint
+
+    b = create_backbone("dinov2_vits14", pretrained=False, image_size=28, model_kwargs=TINY)
+    fp = make_fingerprint(b, precision="fp32", patches="mean")
+    assert fp["pos_embed"] == "official-dinov2: bicubic scale (n+0.1)/M, no antialias"
+    assert fp["precision"] == "fp32" and "pos_embed" in BINDING_KEYS
+    assert fp["preprocessing"]["crop"] == 28 and "resize_mode" not in fp["preprocessing"]
+    reg = create_backbone("dinov2_vits14_reg", pretrained=False, image_size=28, model_kwargs=TINY)
+    assert make_fingerprint(reg, precision="bf16", patches="mean")["pos_embed"].startswith(
+        "official-dinov2-reg: bicubic to size, antialias"
+    )
+    b.preprocessing = Preprocessing(28, 28, "bilinear", (0.5,) * 3, (0.5,) * 3, "square")
+    assert (
+        make_fingerprint(b, precision="fp32", patches="mean")["preprocessing"]["resize_mode"]
+        == "square"
+    )
+
+
+def test_square_resize_keeps_the_whole_image() -> None:
+    p = Preprocessing(28, 28, "nearest", (0, 0, 0), (1, 1, 1), resize_mode="square")
+    img = np.zeros((64, 128, 3), np.uint8)
+    img[:, :16] = 255  # a white band on the far left survives a squash, not a centre crop
+    x = p.transform()(Image.fromarray(img))
+    assert x.shape == (3, 28, 28) and float(x[0, :, 0].min()) == 1.0
+    assert float(x[0, :, 4:].max()) == 0.0

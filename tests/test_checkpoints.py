@@ -146,11 +146,18 @@ def _official_dinov3(
     return out
 
 
-@pytest.mark.parametrize("arch", ["dinov3_vits16", "timm:vit_small_patch16_dinov3_qkvb"])
-def test_official_dinov3_layout_loads(tmp_path: Path, arch: str) -> None:
-    src = _source(arch, 32)
+@pytest.mark.parametrize(
+    ("src_arch", "arch"),
+    [
+        ("dinov3_vits16", "dinov3_vits16"),  # official architecture: q/v biases kept
+        ("timm:vit_small_patch16_dinov3", "dinov3_vits16"),  # all-zero biases in the file
+        ("timm:vit_small_patch16_dinov3_qkvb", "timm:vit_small_patch16_dinov3_qkvb"),
+    ],
+)
+def test_official_dinov3_layout_loads(tmp_path: Path, src_arch: str, arch: str) -> None:
+    src = _source(src_arch, 32)
     qkv_bias = any(k.endswith("q_bias") for k in src.model.state_dict())
-    assert qkv_bias == arch.endswith("qkvb")
+    assert qkv_bias == (src_arch != "timm:vit_small_patch16_dinov3")
     if qkv_bias:
         with torch.no_grad():
             for name, p in src.model.named_parameters():
@@ -159,7 +166,20 @@ def test_official_dinov3_layout_loads(tmp_path: Path, arch: str) -> None:
     official = _official_dinov3(src.model.state_dict(), qkv_bias)
     torch.save({"model": official}, tmp_path / "dinov3.pth")
     loaded = _load(arch, 32, tmp_path / "dinov3.pth")
+    # The hub name builds the biases whenever the file has them, even all-zero ones.
+    assert any(k.endswith("q_bias") for k in loaded.model.state_dict())
     _assert_same(src, loaded, X16)
+
+
+def test_non_zero_dinov3_biases_are_never_dropped(tmp_path: Path) -> None:
+    src = _source("dinov3_vits16", 32)
+    with torch.no_grad():
+        for name, p in src.model.named_parameters():
+            if name.endswith("v_bias"):
+                p.normal_()
+    torch.save(_official_dinov3(src.model.state_dict(), True), tmp_path / "biased.pth")
+    with pytest.raises(FeatkitError, match=r"non-zero q/v biases .* use the DINOv3 hub name"):
+        _load("timm:vit_small_patch16_dinov3", 32, tmp_path / "biased.pth")
 
 
 def test_mismatched_file_names_the_file_and_keys(tmp_path: Path) -> None:

@@ -116,3 +116,75 @@ def test_hf_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     transformers.BertConfig(hidden_size=32, num_attention_heads=2).save_pretrained(tmp_path)
     with pytest.raises(FeatkitError, match="is a 'bert' model; expected one of dinov2"):
         create_backbone(f"hf:{tmp_path}")
+
+
+# --------------------------------------------------------------------------- processors
+
+
+def _photo() -> Any:
+    """A wide image with structure everywhere, so that crop vs squash shows."""
+    import numpy as np
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:60, 0:100]
+    rgb = np.stack([xx * 2.5, yy * 4.0, (xx + yy) % 50 * 5], axis=-1)
+    return Image.fromarray(rgb.astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("kind", "processor", "settings"),
+    [
+        ("dinov3", "DINOv3ViTImageProcessor", {"size": {"height": 32, "width": 32}}),
+        (
+            "dinov2",
+            "BitImageProcessor",
+            {"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32}},
+        ),
+    ],
+)
+def test_hf_preprocessing_follows_the_processor(
+    tmp_path: Path, kind: str, processor: str, settings: dict[str, Any]
+) -> None:
+    import numpy as np
+
+    model, _ = _save(tmp_path, kind)
+    getattr(transformers, processor)(**settings).save_pretrained(tmp_path)
+    b = create_backbone(f"hf:{tmp_path}")
+    image = _photo()
+    ours = b.preprocessing.transform()(image)
+    theirs = getattr(transformers, processor).from_pretrained(tmp_path)(
+        images=image, return_tensors="pt"
+    )["pixel_values"][0]
+    assert ours.shape == theirs.shape == (3, 32, 32)
+    # Same geometry and statistics; resampling kernels differ slightly between libraries.
+    assert float((ours - theirs).abs().mean()) < 0.05
+    family = create_backbone(f"hf:{tmp_path}", transform="family").preprocessing
+    assert family == Preprocessing.dino(32)
+    other = family.transform()(image)
+    assert float((other - theirs).abs().mean()) > 4 * float((ours - theirs).abs().mean())
+    # And the features: featkit's pass equals the processor + model pipeline.
+    with torch.no_grad():
+        cls = b(ours[None]).cls
+        ref = model(pixel_values=theirs[None]).last_hidden_state[:, 0]
+    assert float(torch.nn.functional.cosine_similarity(cls, ref)) > 0.99
+    assert np.isfinite(cls.numpy()).all()
+
+
+def test_dino_v1_port_with_half_statistics_gets_imagenet_and_a_notice(tmp_path: Path) -> None:
+    _save(tmp_path, "vit")
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    b = create_backbone(f"hf:{tmp_path}")
+    assert (b.preprocessing.mean, b.preprocessing.std) == (
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+    )
+    assert b.preprocessing.resize_mode == "square" and b.preprocessing.crop == 32
+    assert len(b.notices) == 1 and "\n" not in b.notices[0] and "ImageNet" in b.notices[0]
+    other = {"image_mean": [0.4, 0.4, 0.4], "image_std": [0.3, 0.3, 0.3]}
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}, **other).save_pretrained(
+        tmp_path
+    )
+    kept = create_backbone(f"hf:{tmp_path}")
+    assert kept.preprocessing.mean == (0.4, 0.4, 0.4) and kept.notices == ()
+    with pytest.raises(FeatkitError, match="transform: expected processor or family"):
+        create_backbone(f"hf:{tmp_path}", transform="mine")

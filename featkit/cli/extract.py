@@ -47,7 +47,11 @@ def human_size(num_bytes: float) -> str:
 def extract_command(
     data: Path = typer.Argument(..., help="Image folder (class sub-folders) or CSV manifest."),
     model: str = typer.Option(
-        ..., "--model", "-m", help="Backbone: hub name, timm:<name>, hf:<id or folder>."
+        ...,
+        "--model",
+        "-m",
+        help="Backbone: a DINO hub name (dinov2_vits14, ...; `featkit models` lists every "
+        "name), timm:<name> or hf:<id or folder>.",
     ),
     weights: Path | None = typer.Option(
         None, "--weights", help="Local checkpoint (.pth/.safetensors) instead of hub weights."

@@ -1,12 +1,8 @@
-"""Backbones: a model name → a frozen feature extractor with its preprocessing.
-
-One way in, timm-style: :func:`create_backbone` and :func:`list_backbones`. A name is an
-official DINO hub name (``dinov2_vits14``), ``timm:<timm name>`` or ``hf:<hub id or
-folder>``; extra backbones join through :func:`register_backbone`.
+"""The backbone contract and the registry: a name → a frozen feature extractor.
 
 Every backbone returns the CLS token and the patch grid after the final norm, taking
 the CLS token explicitly (timm's DINOv3 pools by average by default) and leaving the
-register tokens out of the grid.
+register tokens out of the grid. Families live in their own modules and register here.
 """
 
 from __future__ import annotations
@@ -15,7 +11,6 @@ import difflib
 import fnmatch
 import functools
 import logging
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +30,8 @@ logger = logging.getLogger("featkit")
 DINO_CROP_PCT = 0.875
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The official linear / k-NN evaluations of all three families run at 224 px.
+HUB_IMAGE_SIZE = 224
 
 
 @dataclass(frozen=True)
@@ -46,6 +43,10 @@ class Preprocessing:
     interpolation: str  # "bicubic" | "bilinear" | "nearest" | ...
     mean: tuple[float, float, float]  # per-channel mean of the weights' training data
     std: tuple[float, float, float]  # per-channel std
+    # "shorter": resize the shorter side to ``resize``, then centre-crop ``crop`` (DINO eval);
+    # "square": resize straight to ``crop`` x ``crop``, aspect ratio not kept, nothing cut
+    # (what DINOv3's Hugging Face processor does).
+    resize_mode: str = "shorter"
 
     @classmethod
     def dino(
@@ -75,10 +76,20 @@ class Preprocessing:
             raise FeatkitError(
                 f"interpolation {self.interpolation!r} is not known; expected one of {names}"
             ) from err
-        return transforms.Compose(  # type: ignore[no-any-return]
-            [
+        if self.resize_mode == "square":
+            geometry = [transforms.Resize((self.crop, self.crop), interpolation=mode)]
+        elif self.resize_mode == "shorter":
+            geometry = [
                 transforms.Resize(self.resize, interpolation=mode),
                 transforms.CenterCrop(self.crop),
+            ]
+        else:
+            raise FeatkitError(
+                f"resize mode {self.resize_mode!r} is not known; expected shorter or square"
+            )
+        return transforms.Compose(  # type: ignore[no-any-return]
+            [
+                *geometry,
                 transforms.ToTensor(),
                 transforms.Normalize(self.mean, self.std),
             ]
@@ -107,6 +118,11 @@ class Backbone(nn.Module):
     weights_sha256: str | None  # of the weight file used; None for random init
     model: nn.Module  # the wrapped module (LoRA, attention maps use it)
     lora_targets: tuple[str, ...]  # module-name suffixes for PEFT
+    # How position embeddings reach the input size (recorded in the store fingerprint):
+    # see featkit.backbones.official.POS_EMBED_RULES for the hub names' rules.
+    pos_embed_rule: str
+    # One-line notices for the caller (the library never prints), e.g. a changed statistic.
+    notices: tuple[str, ...]
 
     def __init__(
         self,
@@ -119,6 +135,7 @@ class Backbone(nn.Module):
         preprocessing: Preprocessing,
         weights_sha256: str | None,
         lora_targets: tuple[str, ...],
+        pos_embed_rule: str = "none",
     ) -> None:
         super().__init__()
         self.name = name
@@ -129,6 +146,8 @@ class Backbone(nn.Module):
         self.preprocessing = preprocessing
         self.weights_sha256 = weights_sha256
         self.lora_targets = lora_targets
+        self.pos_embed_rule = pos_embed_rule
+        self.notices = ()
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -163,25 +182,6 @@ class Backbone(nn.Module):
         cls = tokens[:, 0]
         patches = tokens[:, self.num_prefix_tokens :].reshape(b, h, w, tokens.shape[-1])
         return BackboneOutput(cls=cls, patches=patches)
-
-
-class TimmBackbone(Backbone):
-    """A timm ViT: ``VisionTransformer`` (DINO v1/v2) or ``Eva`` (timm's DINOv3)."""
-
-    def tokens(self, images: Tensor) -> Tensor:
-        # forward_features ends with the final norm in both classes and never pools,
-        # so token 0 is the CLS token whatever the model's global_pool says.
-        model: Any = self.model
-        out: Tensor = model.forward_features(images)
-        return out
-
-    @property
-    def blocks(self) -> Sequence[nn.Module]:
-        return self.model.blocks  # type: ignore[return-value]
-
-    @property
-    def final_norm(self) -> nn.Module:
-        return self.model.norm  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- registry
@@ -239,6 +239,7 @@ def create_backbone(
     model_kwargs: dict[str, Any] | None = None,
     device: str | torch.device | None = None,
     local_files_only: bool = False,
+    transform: str = "processor",
 ) -> Backbone:
     """Build a backbone in eval mode by name.
 
@@ -253,9 +254,13 @@ def create_backbone(
     ``model_kwargs``: passed to ``timm.create_model`` / the transformers config (tiny
     depth or width in tests). ``device="meta"`` builds without allocating memory.
     ``local_files_only``: never touch the network for hub weights.
+    ``transform``: for ``hf:`` names, "processor" follows the model's processor config
+    and "family" the DINO evaluation recipe; other names always use their family's.
     """
     if image_size is not None and (not isinstance(image_size, int) or image_size <= 0):
         raise FeatkitError(f"image size must be a positive integer, got {image_size!r}")
+    if transform not in ("processor", "family"):
+        raise FeatkitError(f"transform: expected processor or family, got {transform!r}")
     if device is not None and torch.device(device).type == "meta" and (pretrained or weights):
         raise FeatkitError(
             f"{name}: a meta-device backbone has no weights; pass pretrained=False and no weights"
@@ -269,14 +274,22 @@ def create_backbone(
         local_files_only=local_files_only,
     )
     if name.startswith("timm:"):
-        backbone = _create_timm(name, name.removeprefix("timm:"), **options)
+        from featkit.backbones.timm_models import create_timm
+
+        backbone = create_timm(name, name.removeprefix("timm:"), **options)
     elif name.startswith("hf:"):
         from featkit.hf_backbone import create_hf_backbone
 
-        backbone = create_hf_backbone(name, name.removeprefix("hf:"), **options)
+        backbone = create_hf_backbone(
+            name, name.removeprefix("hf:"), transform=transform, **options
+        )
     else:
         _load_plugins()
         factory = _REGISTRY.get(name)
+        from featkit.backbones.hub import UNSUPPORTED_MODELS
+
+        if name in UNSUPPORTED_MODELS:
+            raise FeatkitError(f"{name} is not supported: {UNSUPPORTED_MODELS[name]}")
         if factory is None:
             raise FeatkitError(
                 f"unknown model {name!r}; expected a name from list_backbones() (featkit "
@@ -287,124 +300,7 @@ def create_backbone(
     return backbone.eval()
 
 
-# --------------------------------------------------------------------------- timm models
-
-# Official hub names → timm architecture.tag. DINOv3 in timm pools by average by
-# default; pooling does not matter for forward_features, but global_pool="token" keeps
-# model(x) (used by fine-tuning heads) on the CLS token as upstream does.
-_DINOV3 = {"global_pool": "token"}
-HUB_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
-    "dino_vits16": ("vit_small_patch16_224.dino", {}),
-    "dino_vits8": ("vit_small_patch8_224.dino", {}),
-    "dino_vitb16": ("vit_base_patch16_224.dino", {}),
-    "dino_vitb8": ("vit_base_patch8_224.dino", {}),
-    **{
-        f"dinov2_vit{s}14": (f"vit_{size}_patch14_dinov2.lvd142m", {})
-        for s, size in zip("sblg", ("small", "base", "large", "giant"), strict=True)
-    },
-    **{
-        f"dinov2_vit{s}14_reg": (f"vit_{size}_patch14_reg4_dinov2.lvd142m", {})
-        for s, size in zip("sblg", ("small", "base", "large", "giant"), strict=True)
-    },
-    "dinov3_vits16": ("vit_small_patch16_dinov3.lvd1689m", _DINOV3),
-    "dinov3_vits16plus": ("vit_small_plus_patch16_dinov3.lvd1689m", _DINOV3),
-    "dinov3_vitb16": ("vit_base_patch16_dinov3.lvd1689m", _DINOV3),
-    "dinov3_vitl16": ("vit_large_patch16_dinov3.lvd1689m", _DINOV3),
-    "dinov3_vith16plus": ("vit_huge_plus_patch16_dinov3.lvd1689m", _DINOV3),
-    "dinov3_vit7b16": ("vit_7b_patch16_dinov3.lvd1689m", _DINOV3),
-}
-# The official linear / k-NN evaluations of all three families run at 224 px.
-HUB_IMAGE_SIZE = 224
-
-
-def _create_hub(name: str, *, arch: str, extra: dict[str, Any], **options: Any) -> Backbone:
-    if options.get("image_size") is None:
-        options["image_size"] = HUB_IMAGE_SIZE
-    # Check the size before building: a ViT-g takes long to initialise just to fail.
-    patch = re.search(r"_patch(\d+)", arch)
-    if patch:
-        _check_image_size(name, options["image_size"], int(patch.group(1)))
-    return _create_timm(name, arch, extra=extra, **options)
-
-
-for _hub_name, (_arch, _extra) in HUB_MODELS.items():
-    register_backbone(_hub_name)(functools.partial(_create_hub, arch=_arch, extra=_extra))
-
-
-def _create_timm(
-    name: str,
-    arch: str,
-    *,
-    weights: str | Path | None,
-    image_size: int | None,
-    pretrained: bool,
-    model_kwargs: dict[str, Any] | None,
-    device: str | torch.device | None,
-    local_files_only: bool,
-    extra: dict[str, Any] | None = None,
-) -> Backbone:
-    import timm
-
-    from featkit import checkpoints
-
-    if not timm.is_model(arch):
-        known = timm.list_models() + timm.list_models(pretrained=True)
-        raise FeatkitError(
-            f"unknown timm model {arch!r} in {name!r}; expected a name from "
-            f"timm.list_models(){_suggest(arch, known)}"
-        )
-    path = checkpoints.check_weights_path(weights) if weights is not None else None
-    kwargs: dict[str, Any] = {"num_classes": 0, **(extra or {})}
-    if path is not None:
-        kwargs.update(checkpoints.model_kwargs_from_metadata(path))
-    elif pretrained:
-        # Resolve the hub file before building: offline, the error comes at once, not
-        # after a minute spent initialising a large model.
-        cfg = timm.models.get_pretrained_cfg(arch)
-        path = checkpoints.hub_weights_file(
-            name, cfg.to_dict() if cfg is not None else {}, local_files_only=local_files_only
-        )
-    kwargs.update(model_kwargs or {})
-    if image_size is not None:
-        kwargs["img_size"] = image_size
-    try:
-        with torch.device(device if device is not None else "cpu"):
-            model: Any = timm.create_model(arch, pretrained=False, **kwargs)
-    except (TypeError, ValueError, AssertionError, RuntimeError) as err:
-        # unknown keyword or tag, inconsistent sizes (embed_dim vs num_heads), ...
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise FeatkitError(f"cannot build {name} with {kwargs}: {first}") from err
-
-    if getattr(model, "cls_token", None) is None or not hasattr(model, "num_prefix_tokens"):
-        raise FeatkitError(
-            f"{name} is a {type(model).__name__} without a CLS token; "
-            "expected a ViT with a class token (DINO, DINOv2, DINOv3, ...)"
-        )
-    patch_size = _square(model.patch_embed.patch_size, f"{name} patch size")
-    crop = image_size or _square(model.patch_embed.img_size, f"{name} image size")
-    _check_image_size(name, crop, patch_size)
-
-    sha = None
-    if path is not None:
-        checkpoints.load_timm_weights(model, path)
-        sha = checkpoints.sha256_file(path)
-
-    model_cfg: dict[str, Any] = dict(model.pretrained_cfg or {})
-    return TimmBackbone(
-        name=name,
-        model=model,
-        patch_size=patch_size,
-        embed_dim=int(model.embed_dim),
-        num_registers=int(model.num_prefix_tokens) - 1,
-        preprocessing=Preprocessing.dino(
-            crop,
-            mean=model_cfg.get("mean", IMAGENET_MEAN),
-            std=model_cfg.get("std", IMAGENET_STD),
-            interpolation=model_cfg.get("interpolation", "bicubic"),
-        ),
-        weights_sha256=sha,
-        lora_targets=("qkv",),
-    )
+# --------------------------------------------------------------------------- helpers
 
 
 def _check_image_size(name: str, size: int, patch_size: int) -> None:
