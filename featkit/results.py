@@ -26,6 +26,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
+import os
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,9 +36,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from featkit.atomic import atomic_path
+from featkit.atomic import FILE_MODE, atomic_path, fsync_dir, fsync_file
 from featkit.errors import FeatkitError
-from featkit.metrics import summarize
+from featkit.metrics import combined_half_width, summarize
 from featkit.workspace import results_dir
 
 RESULT_COLUMNS = (
@@ -54,11 +57,30 @@ RESULT_COLUMNS = (
     "seed",
     "run_id",
     "store",
+    # Added after the contract columns (see featkit.records): the stratified-bootstrap
+    # standard error over test images, the data identity, per-image correctness bits.
+    "test_se",
+    "data_id",
+    "correct",
 )
 # One experimental configuration; its episodes are summarised together.
 CONFIG_COLUMNS = ("dataset", "model", "feature", "protocol", "params", "shots")
 GROUP_COLUMNS = (*CONFIG_COLUMNS, "metric")
-SUMMARY_COLUMNS = (*GROUP_COLUMNS, "mean", "std", "ci95_low", "ci95_high", "n_episodes")
+# ci95_low/high include the test-set variance; the *_episodes pair is the interval over
+# episodes alone (the support sampling), kept so both can be read apart.
+SUMMARY_COLUMNS = (
+    *GROUP_COLUMNS,
+    "mean",
+    "std",
+    "ci95_low",
+    "ci95_high",
+    "n_episodes",
+    "ci95_low_episodes",
+    "ci95_high_episodes",
+    "test_se",
+    "effective_shots",
+    "n_test",
+)
 PER_CLASS_COLUMNS = (
     "dataset",
     "model",
@@ -106,6 +128,8 @@ _TEXT_COLUMNS = (
     "class",
     "true",
     "pred",
+    "data_id",
+    "correct",
 )
 
 
@@ -175,16 +199,29 @@ def _read(path: Path, columns: Sequence[str]) -> pd.DataFrame:
     if not path.is_file():
         return pd.DataFrame(columns=list(columns))
     dtypes = {c: str for c in _TEXT_COLUMNS}
-    frame = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values={"value": [""]})
-    for column in ("value", "recall", "mean", "std", "ci95_low", "ci95_high"):
+    try:
+        frame = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values={"value": [""]})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise FeatkitError(
+            f"results file {path}: expected a CSV table, could not parse it ({error})"
+        ) from None
+    for column in _NUMERIC_COLUMNS:
         if column in frame.columns:
             frame[column] = pd.to_numeric(frame[column], errors="coerce")
     return frame
 
 
-def _atomic_write_csv(frame: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
+_NUMERIC_COLUMNS = (
+    "value",
+    "recall",
+    "mean",
+    "std",
+    "ci95_low",
+    "ci95_high",
+    "ci95_low_episodes",
+    "ci95_high_episodes",
+    "test_se",
+)
 
 
 @contextlib.contextmanager
@@ -203,14 +240,93 @@ def _locked(folder: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+# ---------------------------------------------------------------------------------------
+# One generation of the four CSVs
+#
+# The files are written to temporaries first; then .generation.json names the temporaries
+# (the commit point, itself replaced atomically); then each is renamed into place. A crash
+# before the commit leaves the old generation whole; a crash after it is rolled forward
+# by the next reader or writer, so per_class.csv never describes runs results.csv lacks.
+# Temporaries of an interrupted write are removed then too.
+
+MANIFEST_FILE = ".generation.json"
+
+
+def _manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_manifest(folder: Path, generation: str, pending: Mapping[str, str]) -> None:
+    with atomic_path(folder / MANIFEST_FILE) as tmp:
+        tmp.write_text(json.dumps({"generation": generation, "pending": dict(pending)}))
+
+
+def _settle(folder: Path) -> None:
+    """Finish a committed generation and remove stale temporaries (caller holds the lock)."""
+    manifest = _manifest(folder)
+    pending = manifest.get("pending") or {}
+    for name, tmp in pending.items():
+        if (folder / tmp).is_file():
+            os.replace(folder / tmp, folder / name)
+    if pending:
+        fsync_dir(folder)
+        _write_manifest(folder, str(manifest.get("generation", "")), {})
+    for stale in folder.glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+
+
+def _commit(folder: Path, frames: Mapping[str, pd.DataFrame]) -> str:
+    generation = uuid.uuid4().hex[:12]
+    pending: dict[str, str] = {}
+    try:
+        for name, frame in frames.items():
+            tmp = folder / f".{name}.{generation}.tmp"
+            pending[name] = tmp.name
+            frame.to_csv(tmp, index=False)
+            fsync_file(tmp)
+            os.chmod(tmp, FILE_MODE)
+        _write_manifest(folder, generation, pending)
+    except BaseException:  # before the commit point: the old generation stays, whole
+        for tmp in pending.values():
+            with contextlib.suppress(OSError):
+                (folder / tmp).unlink()
+        raise
+    _settle(folder)
+    return generation
+
+
+def _settled(folder: Path) -> None:
+    """Roll a half-renamed generation forward before reading (no-op when there is none)."""
+    if not folder.is_dir() or not (_manifest(folder).get("pending") or {}):
+        return
+    with _locked(folder):
+        _settle(folder)
+
+
+def generation(workspace: Path) -> str:
+    """Id of the current generation of the result files ("" before the first write)."""
+    folder = results_dir(workspace)
+    _settled(folder)
+    return str(_manifest(folder).get("generation", ""))
+
+
 def _replaced_runs(old: pd.DataFrame, new: pd.DataFrame) -> set[str]:
     """``run_id``s of old rows that the new rows supersede.
 
     A rerun replaces its own rows (same ``run_id``). When a configuration (dataset,
     model, feature, protocol, params, shots) comes back with other settings — another
     seed, or the same episode under another ``run_id`` (new weights, another test
-    fraction) — every old row of that configuration goes, so a summary never averages
-    two different experiments. New episodes of unchanged settings add to the old ones.
+    fraction, changed images, labels or splits) — every old row of that configuration
+    goes, so a summary never averages two different experiments. New episodes of
+    unchanged settings add to the old ones.
     """
     replaced = set(new["run_id"])
     if old.empty or new.empty:
@@ -238,14 +354,38 @@ def _merge(old: pd.DataFrame, new: pd.DataFrame, replaced: set[str]) -> pd.DataF
 
 
 def summarize_results(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean, std and 95% t-interval over episodes per (dataset … shots, metric) group."""
+    """One summary row per (dataset … shots, metric) group: the one summary of featkit.
+
+    ``mean``/``std`` over episodes; ``ci95_low_episodes``/``ci95_high_episodes`` the 95 %
+    Student-t interval over episodes; ``test_se`` the mean over episodes of each row's
+    bootstrap standard error over test images (episodes share one test set, so their test
+    errors move together and the mean of the standard errors bounds the mean's); and
+    ``ci95_low``/``ci95_high`` both sources combined (:func:`combined_half_width`).
+    """
     if results.empty:
         return pd.DataFrame(columns=list(SUMMARY_COLUMNS))
     records = []
     for key, group in results.groupby(list(GROUP_COLUMNS), sort=True, dropna=False):
         s = summarize(pd.to_numeric(group["value"], errors="coerce").to_numpy())
+        ses = pd.to_numeric(group.get("test_se", pd.Series(dtype=float)), errors="coerce")
+        se = float(ses.mean()) if ses.notna().any() else math.nan
+        half = combined_half_width((s.ci95_high - s.ci95_low) / 2, se)
+        shots = pd.to_numeric(group.get("effective_shots", pd.Series(dtype=float)), "coerce")
+        n_test = pd.to_numeric(group.get("n_test", pd.Series(dtype=float)), "coerce")
         records.append(
-            (*key, s.mean, s.std, s.ci95_low, s.ci95_high, s.n_episodes)  # type: ignore[misc]
+            (
+                *key,  # type: ignore[misc]
+                s.mean,
+                s.std,
+                s.mean - half,
+                s.mean + half,
+                s.n_episodes,
+                s.ci95_low,
+                s.ci95_high,
+                se,
+                int(shots.min()) if shots.notna().any() else "",
+                int(n_test.max()) if n_test.notna().any() else "",
+            )
         )
     return pd.DataFrame.from_records(records, columns=list(SUMMARY_COLUMNS))
 
@@ -259,14 +399,17 @@ def write_results(
     """Merge rows into the workspace's CSVs (same ``run_id`` → replaced) and re-summarise.
 
     Returns the results folder. Rows need ``run_id``, ``metric`` and ``value``; other
-    contract columns that are missing are written empty.
+    contract columns that are missing are written empty. The four files are replaced
+    as one generation (see above).
     """
     folder = results_dir(workspace)
     new = _frame(rows, RESULT_COLUMNS)
     with _locked(folder):
+        _settle(folder)
         previous = _read(folder / RESULTS_FILE, RESULT_COLUMNS)
         replaced = _replaced_runs(previous, new)
         merged = _merge(previous, new, replaced)
+        frames = {RESULTS_FILE: merged, SUMMARY_FILE: summarize_results(merged)}
         for extra_rows, name, columns in (
             (per_class, PER_CLASS_FILE, PER_CLASS_COLUMNS),
             (confusion, CONFUSION_FILE, CONFUSION_COLUMNS),
@@ -275,15 +418,19 @@ def write_results(
                 continue
             # Rows of a superseded run go even when the new run brings none of these.
             frame = _frame(extra_rows if extra_rows is not None else [], columns)
-            _atomic_write_csv(_merge(_read(folder / name, columns), frame, replaced), folder / name)
-        _atomic_write_csv(merged, folder / RESULTS_FILE)
-        _atomic_write_csv(summarize_results(merged), folder / SUMMARY_FILE)
+            frames[name] = _merge(_read(folder / name, columns), frame, replaced)
+        # per_class and confusion before results: a reader of an old-style folder sees
+        # them only with their result rows.
+        order = [PER_CLASS_FILE, CONFUSION_FILE, RESULTS_FILE, SUMMARY_FILE]
+        _commit(folder, {name: frames[name] for name in order if name in frames})
     return folder
 
 
 def read_results(workspace: Path) -> pd.DataFrame:
     """All result rows (text columns as str, ``value`` as float); empty when none yet."""
-    frame = _read(results_dir(workspace) / RESULTS_FILE, RESULT_COLUMNS)
+    folder = results_dir(workspace)
+    _settled(folder)
+    frame = _read(folder / RESULTS_FILE, RESULT_COLUMNS)
     for column in ("episode", "seed"):
         if column in frame.columns and not frame.empty:
             frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
@@ -291,15 +438,21 @@ def read_results(workspace: Path) -> pd.DataFrame:
 
 
 def read_summary(workspace: Path) -> pd.DataFrame:
-    return _read(results_dir(workspace) / SUMMARY_FILE, SUMMARY_COLUMNS)
+    folder = results_dir(workspace)
+    _settled(folder)
+    return _read(folder / SUMMARY_FILE, SUMMARY_COLUMNS)
 
 
 def read_per_class(workspace: Path) -> pd.DataFrame:
-    return _read(results_dir(workspace) / PER_CLASS_FILE, PER_CLASS_COLUMNS)
+    folder = results_dir(workspace)
+    _settled(folder)
+    return _read(folder / PER_CLASS_FILE, PER_CLASS_COLUMNS)
 
 
 def read_confusion(workspace: Path) -> pd.DataFrame:
-    return _read(results_dir(workspace) / CONFUSION_FILE, CONFUSION_COLUMNS)
+    folder = results_dir(workspace)
+    _settled(folder)
+    return _read(folder / CONFUSION_FILE, CONFUSION_COLUMNS)
 
 
 def result_rows(base: Mapping[str, Any], metrics: Mapping[str, float]) -> list[dict[str, Any]]:
