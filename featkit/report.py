@@ -15,64 +15,27 @@ Metric values in the CSVs are fractions in [0, 1]; the table shows percentages.
 from __future__ import annotations
 
 import logging
-import math
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from featkit.atomic import atomic_path
 from featkit.errors import FeatkitError
 from featkit.progress import SILENT, Progress
+from featkit.report_table import (  # re-exported: the report's public names
+    ComparisonTable,
+    comparison_table,
+)
+from featkit.splits import shots_sort_key
 from featkit.workspace import find_stores, report_dir, results_dir, safe_name
 
 logger = logging.getLogger("featkit")
 
 # The columns that identify one evaluated configuration (everything but episode/value).
 GROUP_COLUMNS = ("dataset", "model", "feature", "protocol", "params", "shots")
-# Shown where a method was not run at a shot count (k-means only runs at 0 shots).
-MISSING = "–"
-
-# Probes first (in the order a reader meets them in docs/protocols.md), then fine-tunes.
-_METHOD_ORDER = (
-    "knn",
-    "logistic",
-    "prototype",
-    "balanced",
-    "kmeans",
-    "finetune-linear",
-    "finetune-last-block",
-    "finetune-lora",
-)
-
-
-def shots_sort_key(shots: str) -> tuple[int, float, str]:
-    """Order shot labels as a reader expects: 0, 1, 5, 10, …, then 1%, 10%, …, then ``all``."""
-    text = str(shots).strip()
-    if re.fullmatch(r"\d+", text):
-        return (0, float(text), "")
-    if re.fullmatch(r"\d+(\.\d+)?%", text):
-        return (1, float(text[:-1]), "")
-    if text == "all":
-        return (2, 0.0, "")
-    return (3, 0.0, text)
-
-
-def t_half_width(std: float, n: int) -> float:
-    """Half-width of the 95 % Student-t interval of a mean of ``n`` values with sample std ``std``.
-
-    One episode has no spread to measure: the half-width is 0 (the interval collapses to
-    the mean, as in ``summary.csv``) and the table shows the mean alone.
-    """
-    from scipy import stats
-
-    if n <= 1 or not math.isfinite(std):
-        return 0.0
-    return float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
-
-
 # ---------------------------------------------------------------------------------------
 # Reading
 
@@ -174,7 +137,14 @@ def gather_results(workspace: Path) -> Results:
 
 
 def summarize(results: Results, metric: str) -> pd.DataFrame:
-    """One row per configuration: mean, std, n, half, low, high (fractions, not percent)."""
+    """One row per configuration: mean, std, n, half, low, high (fractions, not percent),
+    plus ``test_se`` and ``effective_shots``; the interval includes the test-set variance.
+
+    Computed by :func:`featkit.results.summarize_results` (the one summary) from the long
+    rows; read from ``summary.csv`` when only that file exists.
+    """
+    from featkit.results import summarize_results
+
     frame = results.results
     available = sorted(set(frame["metric"]))
     if metric not in available:
@@ -186,214 +156,18 @@ def summarize(results: Results, metric: str) -> pd.DataFrame:
     rows = frame[(frame["metric"] == metric) & frame[value].notna()]
     if rows.empty:
         raise FeatkitError(f"metric {metric!r}: expected numbers for it, found only empty cells")
-    keys = list(GROUP_COLUMNS)
-    if results.from_summary:
-        out = rows[[*keys, "mean", "std"]].copy()
-        out["n"] = rows["n_episodes"].astype(int)
-        half = (rows["ci95_high"] - rows["ci95_low"]) / 2
-        out["half"] = half.fillna(0.0)
-    else:
-        grouped = rows.groupby(keys, sort=False)["value"]
-        out = pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1).fillna(0.0)})
-        out["n"] = grouped.size()
-        out = out.reset_index()
-        out["half"] = [t_half_width(s, n) for s, n in zip(out["std"], out["n"], strict=True)]
+    summary = rows.copy() if results.from_summary else summarize_results(rows)
+    out = summary[[*GROUP_COLUMNS, "mean", "std"]].copy()
+    out["std"] = pd.to_numeric(out["std"], errors="coerce").fillna(0.0)
+    out["n"] = pd.to_numeric(summary["n_episodes"], errors="coerce").fillna(1).astype(int)
+    half = (summary["ci95_high"] - summary["ci95_low"]) / 2
+    out["half"] = pd.to_numeric(half, errors="coerce").fillna(0.0)
+    for column in ("test_se", "effective_shots"):
+        found = summary[column] if column in summary.columns else pd.Series(np.nan, summary.index)
+        out[column] = pd.to_numeric(found, errors="coerce")
     out["low"] = out["mean"] - out["half"]
     out["high"] = out["mean"] + out["half"]
     return out.reset_index(drop=True)
-
-
-def _method_labels(summary: pd.DataFrame) -> pd.Series:
-    """protocol, plus params when that protocol ran with several settings, plus feature when
-    several features exist: the shortest label that still tells the rows apart."""
-    several_features = summary["feature"].nunique() > 1
-    params_per_protocol = summary.groupby("protocol")["params"].nunique()
-    labels = []
-    for protocol, params, feature in zip(
-        summary["protocol"], summary["params"], summary["feature"], strict=True
-    ):
-        label = protocol
-        if params_per_protocol[protocol] > 1:
-            label += f" ({params})" if params else " (default)"
-        if several_features:
-            label += f" [{feature}]"
-        labels.append(label)
-    return pd.Series(labels, index=summary.index)
-
-
-def _method_rank(protocol: str) -> int:
-    return _METHOD_ORDER.index(protocol) if protocol in _METHOD_ORDER else len(_METHOD_ORDER)
-
-
-def format_cell(mean: float, half: float, n: int, digits: int = 1) -> str:
-    """``72.3 ± 1.2`` in percent; the mean alone when one episode gives no interval."""
-    if n <= 1:
-        return f"{100 * mean:.{digits}f}"
-    return f"{100 * mean:.{digits}f} ± {100 * half:.{digits}f}"
-
-
-@dataclass
-class ComparisonTable:
-    """The comparison: ``cells`` holds one row per (row, shots) with numbers in percent."""
-
-    metric: str
-    cells: pd.DataFrame  # dataset, model, method, feature, protocol, params, shots, mean, ...
-    columns: list[str]  # shot labels in reading order
-    rows: list[tuple[str, str, str]]  # (dataset, model, method) in reading order
-    several_datasets: bool = field(default=False)
-
-    def wide(self, bold: tuple[str, str] = ("", "")) -> pd.DataFrame:
-        """Display strings: one row per (dataset,) model, method; best cells wrapped in ``bold``."""
-        lookup: dict[tuple[str, ...], tuple[str, bool]] = {
-            (str(r.dataset), str(r.model), str(r.method), str(r.shots)): (str(r.text), bool(r.best))
-            for r in self.cells.itertuples()
-        }
-        records = []
-        for dataset, model, method in self.rows:
-            record: dict[str, str] = {}
-            if self.several_datasets:
-                record["dataset"] = dataset
-            record["model"] = model
-            record["method"] = method
-            for shots in self.columns:
-                text, best = lookup.get((dataset, model, method, shots), (MISSING, False))
-                record[shots] = f"{bold[0]}{text}{bold[1]}" if best else text
-            records.append(record)
-        return pd.DataFrame.from_records(records)
-
-    def best_cells(self) -> set[tuple[str, str, str, str]]:
-        """(dataset, model, method, shots) of every marked cell."""
-        return {
-            (str(r.dataset), str(r.model), str(r.method), str(r.shots))
-            for r in self.cells.itertuples()
-            if bool(r.best)
-        }
-
-    def to_csv(self, path: Path) -> None:
-        """Long CSV, one row per cell, with a ``best`` flag; numbers in percent."""
-        columns = [
-            "dataset",
-            "model",
-            "method",
-            "feature",
-            "protocol",
-            "params",
-            "shots",
-            "metric",
-            "mean",
-            "std",
-            "ci95_half_width",
-            "ci95_low",
-            "ci95_high",
-            "n_episodes",
-            "cell",
-            "best",
-        ]
-        frame = self.cells.rename(
-            columns={
-                "half": "ci95_half_width",
-                "low": "ci95_low",
-                "high": "ci95_high",
-                "n": "n_episodes",
-                "text": "cell",
-            }
-        )
-        frame = frame.assign(metric=self.metric)[columns]
-        frame.to_csv(path, index=False, float_format="%.4f")
-
-    def to_markdown(self) -> str:
-        wide = self.wide(bold=("**", "**"))
-        header = [*wide.columns[: len(wide.columns) - len(self.columns)], *self.columns]
-        lines = [
-            "| " + " | ".join(header) + " |",
-            "|"
-            + "|".join(":---" if c in ("dataset", "model", "method") else "---:" for c in header)
-            + "|",
-        ]
-        for record in wide.itertuples(index=False):
-            lines.append("| " + " | ".join(str(v).replace("|", "\\|") for v in record) + " |")
-        return "\n".join(lines) + "\n"
-
-    def to_latex(self) -> str:
-        wide = self.wide(bold=("\\textbf{", "}"))
-        n_text = len(wide.columns) - len(self.columns)
-        spec = "l" * n_text + "r" * len(self.columns)
-        header = [_latex_escape(str(c)) for c in wide.columns]
-        lines = [
-            f"% {_latex_escape(self.metric)} in percent, mean $\\pm$ 95\\% CI half-width; "
-            "best per column in bold",
-            f"\\begin{{tabular}}{{{spec}}}",
-            "\\toprule",
-            " & ".join(header) + " \\\\",
-            "\\midrule",
-        ]
-        for record in wide.itertuples(index=False):
-            cells = []
-            for i, value in enumerate(record):
-                text = str(value)
-                if i < n_text:
-                    cells.append(_latex_escape(text))
-                else:
-                    # Escape the number, keep our own \textbf and turn ± into math.
-                    bold = text.startswith("\\textbf{")
-                    inner = text[len("\\textbf{") : -1] if bold else text
-                    inner = _latex_escape(inner).replace("±", "$\\pm$").replace(MISSING, "--")
-                    cells.append(f"\\textbf{{{inner}}}" if bold else inner)
-            lines.append(" & ".join(cells) + " \\\\")
-        lines += ["\\bottomrule", "\\end{tabular}"]
-        return "\n".join(lines) + "\n"
-
-
-_LATEX_SPECIAL = {
-    "\\": "\\textbackslash{}",
-    "&": "\\&",
-    "%": "\\%",
-    "$": "\\$",
-    "#": "\\#",
-    "_": "\\_",
-    "{": "\\{",
-    "}": "\\}",
-    "~": "\\textasciitilde{}",
-    "^": "\\textasciicircum{}",
-}
-
-
-def _latex_escape(text: str) -> str:
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
-
-
-def comparison_table(summary: pd.DataFrame, metric: str) -> ComparisonTable:
-    """Build the table from :func:`summarize` output (fractions); cells come out in percent."""
-    if summary.empty:
-        raise FeatkitError(f"metric {metric!r}: expected result rows for it, found none")
-    cells = summary.copy()
-    cells["method"] = _method_labels(cells)
-    cells["text"] = [
-        format_cell(m, h, n)
-        for m, h, n in zip(cells["mean"], cells["half"], cells["n"], strict=True)
-    ]
-    for column in ("mean", "std", "half", "low", "high"):
-        cells[column] = 100 * cells[column]
-    # Best cell per (dataset, shots column); ties all marked. Compare what the reader sees
-    # (rounded to the displayed digit) so two identical-looking cells are never split.
-    shown = cells["mean"].round(1)
-    column_best = shown.groupby([cells["dataset"], cells["shots"]]).transform("max")
-    cells["best"] = shown == column_best
-
-    columns = sorted(set(cells["shots"]), key=shots_sort_key)
-    order = (
-        cells.assign(_rank=cells["protocol"].map(_method_rank))
-        .sort_values(["dataset", "model", "_rank", "method"], kind="stable")
-        .drop_duplicates(["dataset", "model", "method"])
-    )
-    rows = list(zip(order["dataset"], order["model"], order["method"], strict=True))
-    return ComparisonTable(
-        metric=metric,
-        cells=cells,
-        columns=columns,
-        rows=rows,
-        several_datasets=cells["dataset"].nunique() > 1,
-    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -451,7 +225,7 @@ def write_report(
     folder = Path(out) if out is not None else report_dir(workspace)
     results = gather_results(workspace)
     summary = summarize(results, metric)
-    table = comparison_table(summary, metric)
+    table = comparison_table(summary, metric, None if results.from_summary else results.results)
     chosen = _choose_shots(summary, shots)
     stores = _stores(workspace, results.results)
     folder.mkdir(parents=True, exist_ok=True)
@@ -459,8 +233,9 @@ def write_report(
 
     tables = [folder / "comparison.csv", folder / "comparison.md", folder / "comparison.tex"]
     table.to_csv(tables[0])
-    tables[1].write_text(table.to_markdown(), encoding="utf-8")
-    tables[2].write_text(table.to_latex(), encoding="utf-8")
+    for path, text in ((tables[1], table.to_markdown()), (tables[2], table.to_latex())):
+        with atomic_path(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
     task.advance()
 
     datasets = sorted(set(summary["dataset"]))

@@ -295,9 +295,9 @@ def _commit(folder: Path, frames: Mapping[str, pd.DataFrame]) -> str:
             os.chmod(tmp, FILE_MODE)
         _write_manifest(folder, generation, pending)
     except BaseException:  # before the commit point: the old generation stays, whole
-        for tmp in pending.values():
+        for name in pending.values():
             with contextlib.suppress(OSError):
-                (folder / tmp).unlink()
+                (folder / name).unlink()
         raise
     _settle(folder)
     return generation

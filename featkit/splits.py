@@ -90,6 +90,15 @@ class Shots:
         )
 
 
+def shots_sort_key(text: str) -> tuple[int, float, str]:
+    """Reading order of a shots label (``0, 1, 5, …, 1%, …, all``); unknown text goes last."""
+    try:
+        kind, value = Shots.parse(text).sort_key
+    except FeatkitError:
+        return (4, 0.0, str(text))
+    return (kind, value, "")
+
+
 def parse_shots(spec: str | Sequence[str | int]) -> tuple[Shots, ...]:
     """``"1,5,10,all"`` → sorted unique :class:`Shots`."""
     tokens = spec.split(",") if isinstance(spec, str) else list(spec)

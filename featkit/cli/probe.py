@@ -62,7 +62,7 @@ def _label(spec: ProtocolSpec, varying: set[str]) -> str:
 def _table(summary: pd.DataFrame, specs: Sequence[ProtocolSpec], shots: list[str]) -> Any:
     from rich.table import Table
 
-    from featkit.report import format_cell
+    from featkit.report_table import format_cell
 
     by_params: dict[tuple[str, str], ProtocolSpec] = {(s.name, s.params_string()): s for s in specs}
     varying: dict[str, set[str]] = {}
