@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +108,7 @@ class ProbeSettings:
     seed: int = 0  # drives the train/test split and the episodes
     test_fraction: float = DEFAULT_TEST_FRACTION  # when the data name no test split
     bootstrap: int = DEFAULT_BOOTSTRAP  # stratified resamples of the test images per row
+    splits: int = 1  # > 1: the "all" column is this many stratified folds (k-fold)
 
 
 @dataclass
@@ -389,6 +391,37 @@ def probe_store(
     return evaluate_arrays(load_store(Path(path), settings.features), settings, progress)
 
 
+_ROW_NUMBER = re.compile(r"\d{6,}")
+
+
+def _check_same_images(
+    data: EvalData,
+    path: Path,
+    seen: dict[str, tuple[frozenset[str], Path]],
+    allow_different_images: bool,
+) -> None:
+    """Refuse two stores of one dataset with different images; warn on row-number paths."""
+    if data.paths and all(_ROW_NUMBER.fullmatch(p) for p in data.paths):
+        log.warning(
+            "store %s: images are named by row number (imported without a 'path' column): "
+            "its train/test split follows row order, so it matches another store's split "
+            "only if both list the same images in the same order; add a 'path' (or id) "
+            "column to the labels CSV to compare stores safely",
+            path,
+        )
+    paths = frozenset(data.paths)
+    first = seen.setdefault(data.dataset, (paths, path))
+    if first[0] != paths and not allow_different_images:
+        only_here = len(paths - first[0])
+        only_there = len(first[0] - paths)
+        raise FeatkitError(
+            f"store {path}: expected the images of store {first[1]} (same dataset "
+            f"{data.dataset!r}), got {only_here} image(s) it lacks and {only_there} missing; "
+            "models compared side by side must see the same test images "
+            "(--allow-different-images to evaluate them anyway)"
+        )
+
+
 def _known(data: EvalData, settings: ProbeSettings, existing: ProbeResults) -> ProbeResults | None:
     """The stored rows of exactly this sweep, or None when any run is missing."""
     if existing.results.empty:
@@ -413,6 +446,7 @@ def probe(
     progress: Progress = SILENT,
     *,
     force: bool = False,
+    allow_different_images: bool = False,
 ) -> ProbeResults:
     """Evaluate every store; with ``workspace``, merge the rows into its results CSVs.
 
@@ -426,10 +460,12 @@ def probe(
 
     if not stores:
         raise FeatkitError("stores: expected at least one store, got none")
+    images: dict[str, tuple[frozenset[str], Path]] = {}  # dataset → (paths, first store)
     for path in stores:  # validate everything first; arrays are read again below
         item = load_store(Path(path), settings.features)
         _check_data(item, settings)
         _episodes(item, settings, with_zero=False, warn=False)  # warnings come once, below
+        _check_same_images(item, Path(path), images, allow_different_images)
         del item
     existing = ProbeResults()
     if workspace is not None and not force:

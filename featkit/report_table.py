@@ -273,11 +273,13 @@ def _separated(
     b = outcomes.get(tuple(str(other[c]) for c in GROUP_COLUMNS))
     if a is not None and b is not None and a.data_id == b.data_id:
         shared = sorted(set(a.by_episode) & set(b.by_episode))
-        shapes = {a.by_episode[e].shape for e in shared} | {b.by_episode[e].shape for e in shared}
-        if shared and len(shapes) == 1:
+        if shared:
+            # Episodes of one test set are averaged per image; the folds of --splits (the
+            # only source of several "all" episodes: disjoint test sets) are joined.
+            join = np.concatenate if str(top["shots"]) == "all" else np.stack
             test = mcnemar(
-                np.stack([a.by_episode[e] for e in shared]),
-                np.stack([b.by_episode[e] for e in shared]),
+                join([a.by_episode[e] for e in shared]),
+                join([b.by_episode[e] for e in shared]),
             )
             return test.p_value < ALPHA and test.a_only > test.b_only
     # No paired data: only intervals that were measured and do not overlap separate.
@@ -304,7 +306,7 @@ def _mark_best(
     return best, tied
 
 
-def _effective_note(shots: str, effective: float) -> str:
+def effective_note(shots: str, effective: float) -> str:
     """`` (eff. 3)`` where some class had fewer training images than the column asks."""
     if str(shots).isdigit() and np.isfinite(effective) and 0 < effective < int(shots):
         return f" (eff. {int(effective)})"
@@ -327,7 +329,7 @@ def comparison_table(
     best, tied = _mark_best(cells, _outcomes(results))
     cells["best"], cells["tied"] = best, tied
     cells["text"] = [
-        format_cell(m, h, n) + _effective_note(s, e) + (TIE_MARK if t else "")
+        format_cell(m, h, n) + effective_note(s, e) + (TIE_MARK if t else "")
         for m, h, n, s, e, t in zip(
             cells["mean"],
             cells["half"],
