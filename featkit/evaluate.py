@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from featkit.errors import FeatkitError
+from featkit.evaluate_checks import check_data, check_same_images, warn_small_test_classes
 from featkit.metrics import DEFAULT_BOOTSTRAP, clustering_metrics, match_clusters
 from featkit.progress import SILENT, Progress
 from featkit.protocols import Protocol, create_protocol, get_protocol_class
@@ -49,8 +49,6 @@ from featkit.splits import (
 
 log = logging.getLogger("featkit")
 
-# Below this many test images a class's recall moves in steps of 20 points or more.
-MIN_TEST_IMAGES = 5
 DEFAULT_PROTOCOLS = ("knn", "logistic", "prototype", "balanced", "kmeans")
 FEATURE_KINDS = ("cls", "patch_mean", "cls+patch_mean")
 
@@ -161,30 +159,6 @@ class ProbeResults:
         )
 
 
-def _check_data(data: EvalData, settings: ProbeSettings) -> None:
-    where = f"store {data.store}" if data.store else f"{data.dataset}/{data.model}"
-    names = [spec.name for spec in settings.protocols]
-    if not names:
-        raise FeatkitError("--protocols: expected at least one protocol, got none")
-    if not np.any(np.asarray(data.labels) >= 0):
-        raise FeatkitError(
-            f"{where}: expected labels for protocol(s) {', '.join(dict.fromkeys(names))}, "
-            "got none (every image is unlabelled); extract a labelled folder or import a "
-            "labels CSV"
-        )
-    for kind in settings.features:
-        X = data.features.get(kind)
-        if X is None:
-            raise FeatkitError(f"{where}: expected feature kind {kind!r}, it is not available")
-        bad = ~np.isfinite(X).all(axis=1)
-        if bad.any():
-            first = data.paths[int(np.flatnonzero(bad)[0])]
-            raise FeatkitError(
-                f"{where}: expected finite {kind} features, got NaN/inf in {int(bad.sum())} "
-                f"image(s) (e.g. {first}); extract them again or remove them"
-            )
-
-
 def _episodes(
     data: EvalData, settings: ProbeSettings, with_zero: bool, warn: bool = True
 ) -> list[Episode]:
@@ -290,34 +264,14 @@ def _jobs(data: EvalData, settings: ProbeSettings, draws: Sequence[Episode]) -> 
     return jobs
 
 
-def _warn_small_test_classes(data: EvalData, draws: Sequence[Episode]) -> None:
-    if not draws:
-        return
-    y_test = np.asarray(data.labels)[draws[0].test]
-    classes, counts = np.unique(y_test, return_counts=True)
-    small = [(int(n), _class_name(data, int(c))) for c, n in zip(classes, counts, strict=True)]
-    small = sorted(item for item in small if item[0] < MIN_TEST_IMAGES)
-    if small:
-        listed = ", ".join(f"{c!r} ({n})" for n, c in small[:5])
-        log.warning(
-            "%s/%s: %d class(es) have fewer than %d test images (%s): their recall moves "
-            "in steps of 20 points or more; the intervals include this test-set variance",
-            data.dataset,
-            data.model,
-            len(small),
-            MIN_TEST_IMAGES,
-            listed,
-        )
-
-
 def evaluate_arrays(
     data: EvalData, settings: ProbeSettings = ProbeSettings(), progress: Progress = SILENT
 ) -> ProbeResults:
     """Run the sweep on one data set's arrays; nothing is written."""
-    _check_data(data, settings)
+    check_data(data, settings)
     label_free = [s for s in settings.protocols if not s.supervised]
     draws = _episodes(data, settings, with_zero=bool(label_free))
-    _warn_small_test_classes(data, draws)
+    warn_small_test_classes(data, draws)
     jobs = _jobs(data, settings, draws)
     y = np.asarray(data.labels, dtype=np.int64)
     rows: list[dict[str, Any]] = []
@@ -391,37 +345,6 @@ def probe_store(
     return evaluate_arrays(load_store(Path(path), settings.features), settings, progress)
 
 
-_ROW_NUMBER = re.compile(r"\d{6,}")
-
-
-def _check_same_images(
-    data: EvalData,
-    path: Path,
-    seen: dict[str, tuple[frozenset[str], Path]],
-    allow_different_images: bool,
-) -> None:
-    """Refuse two stores of one dataset with different images; warn on row-number paths."""
-    if data.paths and all(_ROW_NUMBER.fullmatch(p) for p in data.paths):
-        log.warning(
-            "store %s: images are named by row number (imported without a 'path' column): "
-            "its train/test split follows row order, so it matches another store's split "
-            "only if both list the same images in the same order; add a 'path' (or id) "
-            "column to the labels CSV to compare stores safely",
-            path,
-        )
-    paths = frozenset(data.paths)
-    first = seen.setdefault(data.dataset, (paths, path))
-    if first[0] != paths and not allow_different_images:
-        only_here = len(paths - first[0])
-        only_there = len(first[0] - paths)
-        raise FeatkitError(
-            f"store {path}: expected the images of store {first[1]} (same dataset "
-            f"{data.dataset!r}), got {only_here} image(s) it lacks and {only_there} missing; "
-            "models compared side by side must see the same test images "
-            "(--allow-different-images to evaluate them anyway)"
-        )
-
-
 def _known(data: EvalData, settings: ProbeSettings, existing: ProbeResults) -> ProbeResults | None:
     """The stored rows of exactly this sweep, or None when any run is missing."""
     if existing.results.empty:
@@ -463,9 +386,9 @@ def probe(
     images: dict[str, tuple[frozenset[str], Path]] = {}  # dataset → (paths, first store)
     for path in stores:  # validate everything first; arrays are read again below
         item = load_store(Path(path), settings.features)
-        _check_data(item, settings)
+        check_data(item, settings)
         _episodes(item, settings, with_zero=False, warn=False)  # warnings come once, below
-        _check_same_images(item, Path(path), images, allow_different_images)
+        check_same_images(item, Path(path), images, allow_different_images)
         del item
     existing = ProbeResults()
     if workspace is not None and not force:

@@ -1,14 +1,16 @@
 """The results files of a workspace: write, merge, read and summarise.
 
 ``results/results.csv`` is long: one row per measured number (the DESIGN.md contract).
-Every row carries a ``run_id``, a hash of what produced it (store fingerprint, feature,
-protocol, params, shots, seed, episode); writing a run replaces the rows with its
-``run_id`` instead of appending them twice. ``per_class.csv`` and ``confusion.csv``
-follow the same rule, and ``summary.csv`` is recomputed from all rows after each write.
+Every row carries a ``run_id``, a hash of what produced it (store fingerprint, dataset
+name, the data itself: paths, labels and splits via ``data_id``, feature, protocol,
+params, shots, seed, test fraction, episode); writing a run replaces the rows with its
+``run_id`` instead of appending them twice, and rows of another dataset or other data
+never share one. ``per_class.csv`` and ``confusion.csv`` follow the same rule, and
+``summary.csv`` is recomputed from all rows after each write.
 
-Files are written to a temporary name in the same folder and moved into place with
-``os.replace``, under an exclusive lock file, so a crash or ``kill -9`` leaves the old
-complete file and two concurrent writers do not lose each other's rows.
+The four files are replaced as one generation under an exclusive lock file
+(:mod:`featkit.result_files`), so a crash or ``kill -9`` leaves the old generation or the
+new one, and two concurrent writers do not lose each other's rows.
 
 Who writes: the probe (``featkit.evaluate``) and fine-tuning (protocol
 ``finetune-lora`` …). Who reads: reports. Example::
@@ -16,29 +18,35 @@ Who writes: the probe (``featkit.evaluate``) and fine-tuning (protocol
     base = dict(dataset="pets", model="dinov2_vits14", feature="cls",
                 protocol="finetune-lora", params="r=8", shots="10", episode=0,
                 effective_shots=10, n_train=370, n_test=740, seed=0, store="…",
-                run_id=run_id(fingerprint, "cls", "finetune-lora", "r=8", "10", 0, 0))
+                run_id=run_id(fingerprint, "cls", "finetune-lora", "r=8", "10", 0, 0,
+                              dataset="pets", data=data_id("pets", paths, labels)))
     write_results(workspace, result_rows(base, {"accuracy": 0.91, "macro_f1": 0.88}))
     table = read_results(workspace)
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import os
-import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from featkit.atomic import FILE_MODE, atomic_path, fsync_dir, fsync_file
 from featkit.errors import FeatkitError
 from featkit.metrics import combined_half_width, summarize
+from featkit.result_files import (
+    TEXT_COLUMNS,
+    commit,
+    current_generation,
+    locked,
+    read_csv,
+    settle,
+    settled,
+)
 from featkit.workspace import results_dir
 
 RESULT_COLUMNS = (
@@ -114,24 +122,6 @@ SUMMARY_FILE = "summary.csv"
 PER_CLASS_FILE = "per_class.csv"
 CONFUSION_FILE = "confusion.csv"
 
-# Columns read as text so that "10%", "all", "" and names like "1e5" survive a round trip.
-_TEXT_COLUMNS = (
-    "dataset",
-    "model",
-    "feature",
-    "protocol",
-    "params",
-    "shots",
-    "metric",
-    "run_id",
-    "store",
-    "class",
-    "true",
-    "pred",
-    "data_id",
-    "correct",
-)
-
 
 def canonical_params(params: Mapping[str, Any]) -> str:
     """``{"t": 0.07, "k": 20}`` → ``"k=20;t=0.07"`` (sorted keys, ``repr``-free floats)."""
@@ -188,134 +178,16 @@ def _frame(
     for column in columns:
         if column not in frame.columns:
             frame[column] = ""
-    for column in _TEXT_COLUMNS:
+    for column in TEXT_COLUMNS:
         if column in frame.columns:
             frame[column] = frame[column].fillna("").astype(str)
     extra = [c for c in frame.columns if c not in columns]
     return frame[[*columns, *extra]]
 
 
-def _read(path: Path, columns: Sequence[str]) -> pd.DataFrame:
-    if not path.is_file():
-        return pd.DataFrame(columns=list(columns))
-    dtypes = {c: str for c in _TEXT_COLUMNS}
-    try:
-        frame = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values={"value": [""]})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise FeatkitError(
-            f"results file {path}: expected a CSV table, could not parse it ({error})"
-        ) from None
-    for column in _NUMERIC_COLUMNS:
-        if column in frame.columns:
-            frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    return frame
-
-
-_NUMERIC_COLUMNS = (
-    "value",
-    "recall",
-    "mean",
-    "std",
-    "ci95_low",
-    "ci95_high",
-    "ci95_low_episodes",
-    "ci95_high_episodes",
-    "test_se",
-)
-
-
-@contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a") as handle:
-        try:
-            import fcntl
-        except ImportError:  # Windows: no advisory locks; atomic replaces still hold.
-            yield
-            return
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-# ---------------------------------------------------------------------------------------
-# One generation of the four CSVs
-#
-# The files are written to temporaries first; then .generation.json names the temporaries
-# (the commit point, itself replaced atomically); then each is renamed into place. A crash
-# before the commit leaves the old generation whole; a crash after it is rolled forward
-# by the next reader or writer, so per_class.csv never describes runs results.csv lacks.
-# Temporaries of an interrupted write are removed then too.
-
-MANIFEST_FILE = ".generation.json"
-
-
-def _manifest(folder: Path) -> dict[str, Any]:
-    path = folder / MANIFEST_FILE
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write_manifest(folder: Path, generation: str, pending: Mapping[str, str]) -> None:
-    with atomic_path(folder / MANIFEST_FILE) as tmp:
-        tmp.write_text(json.dumps({"generation": generation, "pending": dict(pending)}))
-
-
-def _settle(folder: Path) -> None:
-    """Finish a committed generation and remove stale temporaries (caller holds the lock)."""
-    manifest = _manifest(folder)
-    pending = manifest.get("pending") or {}
-    for name, tmp in pending.items():
-        if (folder / tmp).is_file():
-            os.replace(folder / tmp, folder / name)
-    if pending:
-        fsync_dir(folder)
-        _write_manifest(folder, str(manifest.get("generation", "")), {})
-    for stale in folder.glob(".*.tmp"):
-        with contextlib.suppress(OSError):
-            stale.unlink()
-
-
-def _commit(folder: Path, frames: Mapping[str, pd.DataFrame]) -> str:
-    generation = uuid.uuid4().hex[:12]
-    pending: dict[str, str] = {}
-    try:
-        for name, frame in frames.items():
-            tmp = folder / f".{name}.{generation}.tmp"
-            pending[name] = tmp.name
-            frame.to_csv(tmp, index=False)
-            fsync_file(tmp)
-            os.chmod(tmp, FILE_MODE)
-        _write_manifest(folder, generation, pending)
-    except BaseException:  # before the commit point: the old generation stays, whole
-        for name in pending.values():
-            with contextlib.suppress(OSError):
-                (folder / name).unlink()
-        raise
-    _settle(folder)
-    return generation
-
-
-def _settled(folder: Path) -> None:
-    """Roll a half-renamed generation forward before reading (no-op when there is none)."""
-    if not folder.is_dir() or not (_manifest(folder).get("pending") or {}):
-        return
-    with _locked(folder):
-        _settle(folder)
-
-
 def generation(workspace: Path) -> str:
-    """Id of the current generation of the result files ("" before the first write)."""
-    folder = results_dir(workspace)
-    _settled(folder)
-    return str(_manifest(folder).get("generation", ""))
+    """Id of the current generation of the four result files ("" before the first write)."""
+    return current_generation(results_dir(workspace))
 
 
 def _replaced_runs(old: pd.DataFrame, new: pd.DataFrame) -> set[str]:
@@ -404,9 +276,9 @@ def write_results(
     """
     folder = results_dir(workspace)
     new = _frame(rows, RESULT_COLUMNS)
-    with _locked(folder):
-        _settle(folder)
-        previous = _read(folder / RESULTS_FILE, RESULT_COLUMNS)
+    with locked(folder):
+        settle(folder)
+        previous = read_csv(folder / RESULTS_FILE, RESULT_COLUMNS)
         replaced = _replaced_runs(previous, new)
         merged = _merge(previous, new, replaced)
         frames = {RESULTS_FILE: merged, SUMMARY_FILE: summarize_results(merged)}
@@ -418,19 +290,19 @@ def write_results(
                 continue
             # Rows of a superseded run go even when the new run brings none of these.
             frame = _frame(extra_rows if extra_rows is not None else [], columns)
-            frames[name] = _merge(_read(folder / name, columns), frame, replaced)
+            frames[name] = _merge(read_csv(folder / name, columns), frame, replaced)
         # per_class and confusion before results: a reader of an old-style folder sees
         # them only with their result rows.
         order = [PER_CLASS_FILE, CONFUSION_FILE, RESULTS_FILE, SUMMARY_FILE]
-        _commit(folder, {name: frames[name] for name in order if name in frames})
+        commit(folder, {name: frames[name] for name in order if name in frames})
     return folder
 
 
 def read_results(workspace: Path) -> pd.DataFrame:
     """All result rows (text columns as str, ``value`` as float); empty when none yet."""
     folder = results_dir(workspace)
-    _settled(folder)
-    frame = _read(folder / RESULTS_FILE, RESULT_COLUMNS)
+    settled(folder)
+    frame = read_csv(folder / RESULTS_FILE, RESULT_COLUMNS)
     for column in ("episode", "seed"):
         if column in frame.columns and not frame.empty:
             frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
@@ -439,20 +311,20 @@ def read_results(workspace: Path) -> pd.DataFrame:
 
 def read_summary(workspace: Path) -> pd.DataFrame:
     folder = results_dir(workspace)
-    _settled(folder)
-    return _read(folder / SUMMARY_FILE, SUMMARY_COLUMNS)
+    settled(folder)
+    return read_csv(folder / SUMMARY_FILE, SUMMARY_COLUMNS)
 
 
 def read_per_class(workspace: Path) -> pd.DataFrame:
     folder = results_dir(workspace)
-    _settled(folder)
-    return _read(folder / PER_CLASS_FILE, PER_CLASS_COLUMNS)
+    settled(folder)
+    return read_csv(folder / PER_CLASS_FILE, PER_CLASS_COLUMNS)
 
 
 def read_confusion(workspace: Path) -> pd.DataFrame:
     folder = results_dir(workspace)
-    _settled(folder)
-    return _read(folder / CONFUSION_FILE, CONFUSION_COLUMNS)
+    settled(folder)
+    return read_csv(folder / CONFUSION_FILE, CONFUSION_COLUMNS)
 
 
 def result_rows(base: Mapping[str, Any], metrics: Mapping[str, float]) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from featkit import results as results_module
+from featkit import result_files
 from featkit.cli import app
 from featkit.evaluate import EvalData, ProbeSettings, evaluate_arrays, probe
 from featkit.metrics import (
@@ -197,7 +197,7 @@ def test_a_crash_between_renames_is_rolled_forward(
                 raise KeyboardInterrupt  # stands in for kill -9 between two renames
         real_replace(src, dst)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(results_module.os, "replace", dies_after_the_first_rename)
+    monkeypatch.setattr(result_files.os, "replace", dies_after_the_first_rename)
     with pytest.raises(KeyboardInterrupt):
         write_results(tmp_path, second.results, second.per_class, second.confusion)
     monkeypatch.undo()
