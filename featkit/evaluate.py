@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,8 +45,6 @@ from featkit.splits import (
     episodes,
     parse_shots,
 )
-
-log = logging.getLogger("featkit")
 
 DEFAULT_PROTOCOLS = ("knn", "logistic", "prototype", "balanced", "kmeans")
 FEATURE_KINDS = ("cls", "patch_mean", "cls+patch_mean")

@@ -15,7 +15,6 @@ Metric values in the CSVs are fractions in [0, 1]; the table shows percentages.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,85 +49,32 @@ class Results:
     from_summary: bool = False  # True when ``results`` holds summary.csv rows
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        return pd.DataFrame()
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise FeatkitError(
-            f"results file {path}: expected a CSV table, could not parse it ({error})"
-        ) from None
-    return frame
-
-
-def _require_columns(frame: pd.DataFrame, columns: Sequence[str], path: Path) -> None:
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise FeatkitError(
-            f"results file {path}: expected columns {', '.join(columns)}; "
-            f"missing {', '.join(missing)}"
-        )
-
-
-def _numeric(frame: pd.DataFrame, columns: Sequence[str], path: Path) -> pd.DataFrame:
-    """Parse columns as numbers; empty or "nan" cells become NaN, other text is an error."""
-    for column in columns:
-        text = frame[column].str.strip()
-        missing = text.str.lower().isin(["", "nan"])
-        values = pd.to_numeric(text.mask(missing), errors="coerce")
-        bad = values.isna() & ~missing
-        if bad.any():
-            example = frame.loc[bad, column].iloc[0]
-            raise FeatkitError(
-                f"results file {path}: expected numbers in column {column!r}, got {example!r}"
-            )
-        frame[column] = values
-    return frame
-
-
 def gather_results(workspace: Path) -> Results:
     """Read ``results.csv`` (or ``summary.csv``), ``per_class.csv`` and ``confusion.csv``.
 
     Raises FeatkitError when the workspace has no results at all, naming what was
     looked for and where.
     """
-    # File names from featkit.results (the writer); parsing stays here because the
-    # report validates every cell it uses and names the bad one.
-    from featkit.results import CONFUSION_FILE, PER_CLASS_FILE, RESULTS_FILE, SUMMARY_FILE
+    # One reader and validator for every consumer: featkit.results (which also rolls a
+    # half-renamed generation forward before reading).
+    from featkit import results as files
 
-    folder = results_dir(Path(workspace))
-    long_path = folder / RESULTS_FILE
-    summary_path = folder / SUMMARY_FILE
-    long = _read_csv(long_path)
+    workspace = Path(workspace)
+    long = files.read_results(workspace)
     from_summary = False
     if long.empty:
-        long = _read_csv(summary_path)
+        long = files.read_summary(workspace)
         from_summary = not long.empty
     if long.empty:
+        where = results_dir(workspace) / files.RESULTS_FILE
         raise FeatkitError(
-            f"workspace {workspace}: expected results in {long_path} (run `featkit probe` "
+            f"workspace {workspace}: expected results in {where} (run `featkit probe` "
             "first), found none"
         )
-    if from_summary:
-        _require_columns(
-            long, [*GROUP_COLUMNS, "metric", "mean", "std", "n_episodes"], summary_path
-        )
-        long = _numeric(long, ["mean", "std", "n_episodes", "ci95_low", "ci95_high"], summary_path)
-    else:
-        _require_columns(long, [*GROUP_COLUMNS, "episode", "metric", "value"], long_path)
-        long = _numeric(long, ["value"], long_path)
-
-    per_class_path = folder / PER_CLASS_FILE
-    per_class = _read_csv(per_class_path)
-    if not per_class.empty:
-        _require_columns(per_class, [*GROUP_COLUMNS, "class", "n_train", "recall"], per_class_path)
-        per_class = _numeric(per_class, ["n_train", "recall"], per_class_path)
-    confusion_path = folder / CONFUSION_FILE
-    confusion = _read_csv(confusion_path)
-    if not confusion.empty:
-        _require_columns(confusion, [*GROUP_COLUMNS, "true", "pred", "count"], confusion_path)
-        confusion = _numeric(confusion, ["count"], confusion_path)
+    if not from_summary:
+        long["episode"] = long["episode"].astype(str)
+    per_class = files.read_per_class(workspace)
+    confusion = files.read_confusion(workspace)
     return Results(long, per_class, confusion, from_summary)
 
 

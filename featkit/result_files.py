@@ -42,25 +42,50 @@ TEXT_COLUMNS = (
 )
 
 
-def read_csv(path: Path, columns: Sequence[str]) -> pd.DataFrame:
+def read_csv(path: Path, columns: Sequence[str], required: Sequence[str] = ()) -> pd.DataFrame:
+    """The one reader and validator of a results CSV (empty frame when the file is absent).
+
+    Text columns stay text; number columns are parsed strictly: an empty or ``nan`` cell is
+    NaN, any other text is a one-line error naming the file, column and cell. ``required``
+    columns must be present in a non-empty file.
+    """
     if not path.is_file():
         return pd.DataFrame(columns=list(columns))
     dtypes = {c: str for c in TEXT_COLUMNS}
     try:
-        frame = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values={"value": [""]})
+        frame = pd.read_csv(path, dtype=dtypes, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise FeatkitError(
             f"results file {path}: expected a CSV table, could not parse it ({error})"
         ) from None
+    missing = [c for c in required if c not in frame.columns]
+    if missing and not frame.empty:
+        raise FeatkitError(
+            f"results file {path}: expected columns {', '.join(required)}; "
+            f"missing {', '.join(missing)}"
+        )
     for column in _NUMERIC_COLUMNS:
-        if column in frame.columns:
-            frame[column] = pd.to_numeric(frame[column], errors="coerce")
+        if column in frame.columns and not pd.api.types.is_numeric_dtype(frame[column]):
+            text = frame[column].astype(str).str.strip()
+            empty = text.str.lower().isin(["", "nan"])
+            values = pd.to_numeric(text.mask(empty), errors="coerce")
+            bad = values.isna() & ~empty
+            if bad.any():
+                raise FeatkitError(
+                    f"results file {path}: expected numbers in column {column!r}, "
+                    f"got {frame.loc[bad, column].iloc[0]!r}"
+                )
+            frame[column] = values
     return frame
 
 
 _NUMERIC_COLUMNS = (
     "value",
     "recall",
+    "n_train",
+    "n_test",
+    "count",
+    "n_episodes",
     "mean",
     "std",
     "ci95_low",

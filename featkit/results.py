@@ -298,11 +298,20 @@ def write_results(
     return folder
 
 
+# What a reader needs of each file; the writer adds the rest.
+REQUIRED = {
+    RESULTS_FILE: (*CONFIG_COLUMNS, "episode", "metric", "value"),
+    SUMMARY_FILE: (*GROUP_COLUMNS, "mean", "std", "n_episodes"),
+    PER_CLASS_FILE: (*CONFIG_COLUMNS, "class", "n_train", "recall"),
+    CONFUSION_FILE: (*CONFIG_COLUMNS, "true", "pred", "count"),
+}
+
+
 def read_results(workspace: Path) -> pd.DataFrame:
     """All result rows (text columns as str, ``value`` as float); empty when none yet."""
     folder = results_dir(workspace)
     settled(folder)
-    frame = read_csv(folder / RESULTS_FILE, RESULT_COLUMNS)
+    frame = read_csv(folder / RESULTS_FILE, RESULT_COLUMNS, REQUIRED[RESULTS_FILE])
     for column in ("episode", "seed"):
         if column in frame.columns and not frame.empty:
             frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
@@ -312,19 +321,19 @@ def read_results(workspace: Path) -> pd.DataFrame:
 def read_summary(workspace: Path) -> pd.DataFrame:
     folder = results_dir(workspace)
     settled(folder)
-    return read_csv(folder / SUMMARY_FILE, SUMMARY_COLUMNS)
+    return read_csv(folder / SUMMARY_FILE, SUMMARY_COLUMNS, REQUIRED[SUMMARY_FILE])
 
 
 def read_per_class(workspace: Path) -> pd.DataFrame:
     folder = results_dir(workspace)
     settled(folder)
-    return read_csv(folder / PER_CLASS_FILE, PER_CLASS_COLUMNS)
+    return read_csv(folder / PER_CLASS_FILE, PER_CLASS_COLUMNS, REQUIRED[PER_CLASS_FILE])
 
 
 def read_confusion(workspace: Path) -> pd.DataFrame:
     folder = results_dir(workspace)
     settled(folder)
-    return read_csv(folder / CONFUSION_FILE, CONFUSION_COLUMNS)
+    return read_csv(folder / CONFUSION_FILE, CONFUSION_COLUMNS, REQUIRED[CONFUSION_FILE])
 
 
 def result_rows(base: Mapping[str, Any], metrics: Mapping[str, float]) -> list[dict[str, Any]]:
