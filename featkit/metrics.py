@@ -316,3 +316,34 @@ def mcnemar(correct_a: ArrayLike, correct_b: ArrayLike) -> McNemar:
         return McNemar(a_only, b_only, 0.0, 1.0)
     statistic = max(abs(a_only - b_only) - 1.0, 0.0) ** 2 / total
     return McNemar(a_only, b_only, statistic, float(stats.chi2.sf(statistic, 1)))
+
+
+def paired_bootstrap_balanced(
+    blocks_a: Sequence[NDArray[np.floating] | NDArray[np.bool_]],
+    blocks_b: Sequence[NDArray[np.floating] | NDArray[np.bool_]],
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Paired stratified bootstrap of a balanced-accuracy difference: ``(difference, p)``.
+
+    ``blocks_*[c]`` is ``[n_c]``: each test image of class ``c`` scored 0…1 (its correctness,
+    averaged over shared episodes), the same images in the same order for A and B. Each
+    draw resamples the images of every class within the class, the same indices for A and
+    B; the difference is the mean over classes of the per-class mean difference. ``p`` is
+    the two-sided percentile p-value ``2 · min(P(d ≤ 0), P(d ≥ 0))``, at most 1.
+    """
+    if len(blocks_a) != len(blocks_b) or not blocks_a:
+        raise FeatkitError("blocks_b: expected the same classes as blocks_a")
+    rng = np.random.default_rng(seed)
+    diffs = np.zeros(n_boot)
+    observed = 0.0
+    for a, b in zip(blocks_a, blocks_b, strict=True):
+        d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+        if d.ndim != 1 or d.size == 0:
+            raise FeatkitError(f"blocks: expected 1-D non-empty class blocks, got {d.shape}")
+        diffs += d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(axis=1)
+        observed += float(d.mean())
+    diffs /= len(blocks_a)
+    observed /= len(blocks_a)
+    p = 2.0 * min(float(np.mean(diffs <= 0)), float(np.mean(diffs >= 0)))
+    return observed, min(1.0, p)

@@ -6,9 +6,9 @@ them. The run identity (:func:`data_id`, :func:`featkit.results.run_id`) covers 
 dataset name, relative paths, labels, label names and the split of every image.
 
 Every metric row carries ``test_se``, the stratified-bootstrap standard error of its value
-over the test images, and ``correct``, the per-image correctness as hex bits in the order
-of the sorted test paths (:func:`encode_correct`), so a report can pair two methods on
-the same images without the predictions file a full table would need.
+over the test images, and ``correct``, the per-image correctness as hex bits per class in
+the order of the sorted test paths (:func:`encode_correct`), so a report can pair two
+methods on the same images without the predictions file a full table would need.
 """
 
 from __future__ import annotations
@@ -55,24 +55,42 @@ def data_id(
     return digest.hexdigest()[:16]
 
 
-def encode_correct(correct: ArrayLike, test_paths: Sequence[str]) -> str:
-    """Correctness bits in sorted-path order, packed as hex (``""`` without paths)."""
+def encode_correct(correct: ArrayLike, test_paths: Sequence[str], y_test: ArrayLike) -> str:
+    """Per-image correctness as ``"n:hex.n:hex…"``: one block per class in label order, bits
+    in sorted-path order within it (``""`` without paths).
+
+    The class blocks let a report weigh images as balanced accuracy does; sorting by path
+    makes two stores of the same images (any row order) give the same layout.
+    """
     bits = np.asarray(correct, dtype=bool)
-    if len(test_paths) != bits.size or bits.size == 0:
+    y = np.asarray(y_test, dtype=np.int64)
+    if len(test_paths) != bits.size or bits.size == 0 or y.size != bits.size:
         return ""
-    order = np.argsort(np.asarray(test_paths, dtype=object), kind="stable")
-    return np.packbits(bits[order]).tobytes().hex()
+    names = np.asarray(test_paths, dtype=object)
+    blocks = []
+    for label in np.unique(y):
+        members = np.flatnonzero(y == label)
+        members = members[np.argsort(names[members], kind="stable")]
+        blocks.append(f"{members.size}:{np.packbits(bits[members]).tobytes().hex()}")
+    return ".".join(blocks)
 
 
-def decode_correct(text: str, n: int) -> NDArray[np.bool_] | None:
-    """Inverse of :func:`encode_correct` for ``n`` test images; None when absent or bad."""
+def decode_correct(text: str, n: int) -> list[NDArray[np.bool_]] | None:
+    """Inverse of :func:`encode_correct`: the class blocks, None when absent or not ``n`` bits."""
+    blocks = []
     try:
-        raw = np.frombuffer(bytes.fromhex(str(text)), dtype=np.uint8)
+        for part in str(text).split("."):
+            size_text, hex_text = part.split(":")
+            size = int(size_text)
+            raw = np.frombuffer(bytes.fromhex(hex_text), dtype=np.uint8)
+            if size <= 0 or raw.size != (size + 7) // 8:
+                return None
+            blocks.append(np.unpackbits(raw)[:size].astype(bool))
     except ValueError:
         return None
-    if n <= 0 or raw.size != (n + 7) // 8:
+    if sum(b.size for b in blocks) != n:
         return None
-    return np.unpackbits(raw)[:n].astype(bool)
+    return blocks
 
 
 def _name(label_names: Sequence[str], label: int) -> str:
@@ -107,7 +125,7 @@ def episode_records(
     if metrics is None:
         metrics = classification_metrics(t, p, scores, score_classes)
     se = bootstrap_se(t, p, n_boot, seed)
-    correct = encode_correct(t == p, test_paths)
+    correct = encode_correct(t == p, test_paths, t)
     rows = [
         {
             **base,

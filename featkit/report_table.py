@@ -16,7 +16,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from featkit.errors import FeatkitError
-from featkit.metrics import mcnemar
+from featkit.metrics import mcnemar, paired_bootstrap_balanced
 from featkit.splits import shots_sort_key
 
 # Shown where a method was not run at a shot count (k-means only runs at 0 shots).
@@ -29,10 +29,12 @@ INTERVAL_NOTE = (
     "(eff. k): some class had only k training images."
 )
 BEST_RULE = (
-    "Bold: better than every other cell of its column by McNemar's test (p < 0.05) on the "
-    "same test images, each image's outcome averaged over the shared episodes; where two "
-    "cells lack per-image results (older files), only non-overlapping 95 % intervals "
-    "separate them. ≈: not separable from the top cell of its column (a tie)."
+    "Bold: better than every other cell of its column by a paired test on the same test "
+    "images (p < 0.05; each image's outcome averaged over the shared episodes): McNemar's "
+    "test for accuracy, a paired stratified bootstrap of the difference for balanced "
+    "accuracy; for other metrics, or cells without per-image results, only "
+    "non-overlapping 95 % intervals separate two cells. ≈: not separable from the top "
+    "cell of its column (a tie). A column with one cell marks nothing."
 )
 
 # Probes first (in the order a reader meets them in docs/protocols.md), then fine-tunes.
@@ -224,10 +226,10 @@ GROUP_COLUMNS = ("dataset", "model", "feature", "protocol", "params", "shots")
 
 @dataclass(frozen=True)
 class _Outcomes:
-    """Per-image correctness of one configuration: episode → ``[n_test]`` bools."""
+    """Per-image correctness of one configuration: episode → class blocks of bools."""
 
     data_id: str
-    by_episode: dict[int, NDArray[np.bool_]]
+    by_episode: dict[int, list[NDArray[np.bool_]]]
 
 
 def _outcomes(results: pd.DataFrame | None) -> dict[tuple[str, ...], _Outcomes]:
@@ -265,39 +267,58 @@ def _informative(cell: pd.Series) -> bool:
     return int(cell["n"]) > 1 or (bool(np.isfinite(se)) and se > 0)
 
 
+def _per_image(outcomes: _Outcomes, shared: list[int], folds: bool) -> list[NDArray]:
+    """Class blocks of per-image scores: episodes of one test set averaged per image; the
+    folds of --splits (the only source of several "all" episodes: disjoint test sets) joined
+    class by class."""
+    episodes = [outcomes.by_episode[e] for e in shared]
+    n_classes = len(episodes[0])
+    if folds:
+        return [np.concatenate([ep[c] for ep in episodes]) for c in range(n_classes)]
+    return [np.mean([ep[c] for ep in episodes], axis=0) for c in range(n_classes)]
+
+
 def _separated(
-    top: pd.Series, other: pd.Series, outcomes: dict[tuple[str, ...], _Outcomes]
+    top: pd.Series,
+    other: pd.Series,
+    outcomes: dict[tuple[str, ...], _Outcomes],
+    metric: str,
 ) -> bool:
     """Whether ``top`` is better than ``other`` by the rule of :data:`BEST_RULE`."""
     a = outcomes.get(tuple(str(top[c]) for c in GROUP_COLUMNS))
     b = outcomes.get(tuple(str(other[c]) for c in GROUP_COLUMNS))
-    if a is not None and b is not None and a.data_id == b.data_id:
+    paired = metric in ("accuracy", "balanced_accuracy")
+    if paired and a is not None and b is not None and a.data_id == b.data_id:
         shared = sorted(set(a.by_episode) & set(b.by_episode))
-        if shared:
-            # Episodes of one test set are averaged per image; the folds of --splits (the
-            # only source of several "all" episodes: disjoint test sets) are joined.
-            join = np.concatenate if str(top["shots"]) == "all" else np.stack
-            test = mcnemar(
-                join([a.by_episode[e] for e in shared]),
-                join([b.by_episode[e] for e in shared]),
-            )
-            return test.p_value < ALPHA and test.a_only > test.b_only
+        layouts = {tuple(x.size for x in o.by_episode[e]) for o in (a, b) for e in shared}
+        folds = str(top["shots"]) == "all"
+        if shared and (folds or len(layouts) == 1):
+            blocks_a, blocks_b = _per_image(a, shared, folds), _per_image(b, shared, folds)
+            if metric == "accuracy":
+                test = mcnemar(np.concatenate(blocks_a), np.concatenate(blocks_b))
+                return test.p_value < ALPHA and test.a_only > test.b_only
+            difference, p = paired_bootstrap_balanced(blocks_a, blocks_b)
+            return p < ALPHA and difference > 0
     # No paired data: only intervals that were measured and do not overlap separate.
     return _informative(top) and _informative(other) and other["high"] < top["low"]
 
 
 def _mark_best(
-    cells: pd.DataFrame, outcomes: dict[tuple[str, ...], _Outcomes]
+    cells: pd.DataFrame, outcomes: dict[tuple[str, ...], _Outcomes], metric: str
 ) -> tuple[pd.Series, pd.Series]:
     """``best`` (beats every other cell of its column) and ``tied`` (top group of several)."""
     best = pd.Series(False, index=cells.index)
     tied = pd.Series(False, index=cells.index)
     for _, group in cells.groupby(["dataset", "shots"], sort=False):
+        if len(group) == 1:  # nothing to be better than
+            continue
         order = group.sort_values("mean", ascending=False, kind="stable")
         top = order.iloc[0]
         group_top = [order.index[0]]
         group_top += [
-            i for i, cell in order.iloc[1:].iterrows() if not _separated(top, cell, outcomes)
+            i
+            for i, cell in order.iloc[1:].iterrows()
+            if not _separated(top, cell, outcomes, metric)
         ]
         if len(group_top) == 1:
             best[group_top[0]] = True
@@ -326,7 +347,7 @@ def comparison_table(
         if column not in cells.columns:
             cells[column] = np.nan
     cells["method"] = _method_labels(cells)
-    best, tied = _mark_best(cells, _outcomes(results))
+    best, tied = _mark_best(cells, _outcomes(results), metric)
     cells["best"], cells["tied"] = best, tied
     cells["text"] = [
         format_cell(m, h, n) + effective_note(s, e) + (TIE_MARK if t else "")

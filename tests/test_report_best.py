@@ -13,6 +13,7 @@ from featkit.report import comparison_table, gather_results, summarize, write_re
 from featkit.results import write_results
 
 PATHS = [f"img{i:03d}.png" for i in range(50)]
+LABELS = np.arange(50) % 2  # two classes of 25 test images
 
 
 def _rows(model: str, correct: np.ndarray, shots: str = "all", episode: int = 0) -> list[dict]:
@@ -29,7 +30,7 @@ def _rows(model: str, correct: np.ndarray, shots: str = "all", episode: int = 0)
             "n_test": correct.size,
             "effective_shots": 3 if shots == "5" else 10,
             "data_id": "same-images",
-            "correct": encode_correct(correct, PATHS),
+            "correct": encode_correct(correct, PATHS, LABELS),
         }
         for metric in ("accuracy", "balanced_accuracy")
     ]
@@ -76,6 +77,18 @@ def test_episodes_pair_on_the_same_images(tmp_path: Path) -> None:
     assert table.best_cells() == {("d", "a", "knn", "5")}
     cell = table.wide().set_index("model").loc["a", "5"]
     assert "(eff. 3)" in cell  # effective shots below the column's 5
+
+
+def test_balanced_accuracy_best_uses_the_paired_bootstrap(tmp_path: Path) -> None:
+    # B misses every class-1 image that A gets right in 10 of 25: balanced accuracy
+    # differs by 20 points, and the paired bootstrap (not a mean ranking) says so.
+    a = np.ones(50, bool)
+    b = ~((LABELS == 1) & (np.arange(50) < 20))
+    write_results(tmp_path, _rows("a", a) + _rows("b", b))
+    results = gather_results(tmp_path)
+    metric = "balanced_accuracy"
+    table = comparison_table(summarize(results, metric), metric, results.results)
+    assert table.best_cells() == {("d", "a", "knn", "all")}
 
 
 def test_report_outputs_survive_a_failed_rewrite(

@@ -23,6 +23,7 @@ from featkit.metrics import (
     bootstrap_se,
     macro_f1,
     mcnemar,
+    paired_bootstrap_balanced,
     stratified_bootstrap_indices,
     summarize,
 )
@@ -172,12 +173,26 @@ def test_mcnemar_matches_a_hand_computation() -> None:
     assert mcnemar(a, a).p_value == 1.0
 
 
-def test_correct_bits_round_trip_in_path_order() -> None:
+def test_correct_bits_round_trip_per_class_in_path_order() -> None:
     correct = np.array([True, False, True, True, False])
     paths = ["e", "a", "c", "b", "d"]
-    text = encode_correct(correct, paths)
-    assert decode_correct(text, 5).tolist() == [False, True, True, False, True]  # a b c d e
+    labels = np.array([1, 0, 1, 0, 1])
+    text = encode_correct(correct, paths, labels)
+    blocks = decode_correct(text, 5)
+    assert blocks is not None
+    assert [b.tolist() for b in blocks] == [[False, True], [True, False, True]]  # a b | c d e
     assert decode_correct("zz", 5) is None and decode_correct(text, 40) is None
+
+
+def test_paired_bootstrap_sees_a_lost_minority_class_that_mcnemar_cannot() -> None:
+    # 47 images of class 0 both get right; the 3 of class 1 only A gets right.
+    a = [np.ones(47, bool), np.ones(3, bool)]
+    b = [np.ones(47, bool), np.zeros(3, bool)]
+    assert mcnemar(np.concatenate(a), np.concatenate(b)).p_value > 0.2  # (3-1)²/3 → p 0.25
+    difference, p = paired_bootstrap_balanced(a, b, n_boot=500)
+    assert difference == pytest.approx(0.5) and p == 0.0  # balanced accuracy 100 vs 50
+    difference, p = paired_bootstrap_balanced(a, a, n_boot=500)
+    assert difference == 0 and p == 1.0
 
 
 def test_a_crash_between_renames_is_rolled_forward(
