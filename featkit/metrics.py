@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy import stats
 
 from featkit.errors import FeatkitError
 
@@ -104,6 +103,8 @@ def macro_f1(y_true: ArrayLike, y_pred: ArrayLike) -> float:
 
 def _binary_auroc(positive: NDArray[np.bool_], scores: NDArray[np.float64]) -> float:
     # Mann–Whitney U with mid-ranks for ties: AUROC = P(score⁺ > score⁻) + ½·P(tie).
+    from scipy import stats  # imported on use: scipy.stats costs a second at startup
+
     ranks = stats.rankdata(scores)
     n_pos = int(positive.sum())
     n_neg = positive.size - n_pos
@@ -200,7 +201,11 @@ def summarize(values: ArrayLike) -> Summary:
     if n == 1:
         return Summary(mean, 0.0, mean, mean, 1)
     std = float(array.std(ddof=1))
-    half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+    # scipy.special's inverse Student-t CDF equals stats.t.ppf without importing
+    # scipy.stats (a second or more at startup, most of a rerun from stored results).
+    from scipy.special import stdtrit
+
+    half = float(stdtrit(n - 1, 0.975)) * std / math.sqrt(n)
     return Summary(mean, std, mean - half, mean + half, n)
 
 
@@ -315,7 +320,8 @@ def mcnemar(correct_a: ArrayLike, correct_b: ArrayLike) -> McNemar:
     if total <= 0:
         return McNemar(a_only, b_only, 0.0, 1.0)
     statistic = max(abs(a_only - b_only) - 1.0, 0.0) ** 2 / total
-    return McNemar(a_only, b_only, statistic, float(stats.chi2.sf(statistic, 1)))
+    # chi² with 1 degree of freedom: P(X > x) = erfc(sqrt(x / 2)).
+    return McNemar(a_only, b_only, statistic, math.erfc(math.sqrt(statistic / 2.0)))
 
 
 def paired_bootstrap_balanced(
