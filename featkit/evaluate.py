@@ -225,6 +225,7 @@ def _jobs(data: EvalData, settings: ProbeSettings, draws: Sequence[Episode]) -> 
     zero_draws = [e for e in draws if e.shots.kind == "zero"]
     params = {spec: spec.params_string() for spec in settings.protocols}
     data_key = data_id(data.dataset, data.paths, data.labels, data.splits, data.label_names)
+    folds = {"splits": settings.splits} if settings.splits > 1 else {}
     jobs = []
     for kind in settings.features:
         pairs = [(spec, draw) for draw in labelled_draws for spec in supervised]
@@ -253,6 +254,8 @@ def _jobs(data: EvalData, settings: ProbeSettings, draws: Sequence[Episode]) -> 
                     test_fraction=settings.test_fraction,
                     dataset=data.dataset,
                     data=data_key,
+                    # Fold r of --splits is another test set than the standard split.
+                    **folds if draw.shots.kind == "all" else {},
                 ),
                 "store": data.store,
                 "data_id": data_key,

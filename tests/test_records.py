@@ -127,3 +127,16 @@ def test_stores_of_one_dataset_with_other_images_are_refused(tmp_path: Path) -> 
     with pytest.raises(FeatkitError, match="--allow-different-images"):
         probe([a, b], settings)
     assert len(probe([a, b], settings, allow_different_images=True).results) > 0
+
+
+def test_folds_and_the_standard_split_never_share_a_run(tmp_path: Path) -> None:
+    store = make_store(tmp_path, "m")
+    plain = ProbeSettings(protocols=FAST[:1], shots=parse_shots("all"), episodes=1)
+    folded = ProbeSettings(protocols=FAST[:1], shots=parse_shots("all"), episodes=1, splits=3)
+    probe([store], folded, workspace=tmp_path)
+    again = probe([store], plain, workspace=tmp_path)  # must not return fold 0 as the split
+    stored = read_results(tmp_path)
+    assert sorted(set(stored["episode"].astype(int))) == [0]
+    assert set(stored["run_id"]) == set(again.results["run_id"])
+    rows = again.results[again.results["metric"] == "accuracy"]
+    assert rows["n_test"].tolist() == [12]  # the standard split: 6 + 4 + 2 test images
