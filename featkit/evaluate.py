@@ -173,6 +173,7 @@ def _episodes(
                 settings.test_fraction,
                 data.label_names,
                 warn=warn,
+                n_splits=settings.splits,
             )
         )
     except FeatkitError as error:

@@ -133,7 +133,10 @@ def test_folds_and_the_standard_split_never_share_a_run(tmp_path: Path) -> None:
     store = make_store(tmp_path, "m")
     plain = ProbeSettings(protocols=FAST[:1], shots=parse_shots("all"), episodes=1)
     folded = ProbeSettings(protocols=FAST[:1], shots=parse_shots("all"), episodes=1, splits=3)
-    probe([store], folded, workspace=tmp_path)
+    folds = probe([store], folded, workspace=tmp_path).results
+    assert sorted(set(folds["episode"].astype(int))) == [0, 1, 2]
+    tested = folds[folds["metric"] == "accuracy"]["n_test"].sum()
+    assert tested == 62  # 3 folds test every image of the 30 + 20 + 12 once
     again = probe([store], plain, workspace=tmp_path)  # must not return fold 0 as the split
     stored = read_results(tmp_path)
     assert sorted(set(stored["episode"].astype(int))) == [0]
