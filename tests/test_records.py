@@ -143,3 +143,22 @@ def test_folds_and_the_standard_split_never_share_a_run(tmp_path: Path) -> None:
     assert set(stored["run_id"]) == set(again.results["run_id"])
     rows = again.results[again.results["metric"] == "accuracy"]
     assert rows["n_test"].tolist() == [12]  # the standard split: 6 + 4 + 2 test images
+
+
+def test_imported_features_without_paths_are_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from featkit.store import import_features
+    from tests.test_evaluate import toy_arrays
+
+    X, y, paths = toy_arrays()
+    for name, with_paths in (("named", True), ("numbered", False)):
+        csv = tmp_path / name / "toy.csv"
+        csv.parent.mkdir()
+        lines = [f"{p},{c}" if with_paths else f"{c}" for p, c in zip(paths, y, strict=True)]
+        csv.write_text(("path,label\n" if with_paths else "label\n") + "\n".join(lines) + "\n")
+        store = import_features(X, csv, name, tmp_path / "ws", dataset=name)
+        caplog.clear()
+        probe([store], ProbeSettings(protocols=FAST[:1], shots=parse_shots("1"), episodes=1))
+        warned = "imported without a 'path' column" in caplog.text
+        assert warned == (not with_paths), name
