@@ -213,10 +213,11 @@ def write_report(
         path = name("confusion", dataset)
         method = str(table.cells.loc[[best.name], "method"].iloc[0])
         label = f"{best['model']} · {method}"
+        # Ranked by mean on test: say so unless the paired test marked it best.
+        proven = bool(table.cells.loc[[best.name], "best"].iloc[0])
+        rank = "the best method" if proven else "the highest-mean method (not proven best)"
         plots.plot_confusion(conf, path, title=f"{dataset}: {label}, shots={chosen}")
-        figures.append(
-            (f"{dataset}: confusion of the best method at shots={chosen}, {label}", path)
-        )
+        figures.append((f"{dataset}: confusion of {rank} at shots={chosen}, {label}", path))
 
     if not results.per_class.empty:
         for dataset in datasets:
