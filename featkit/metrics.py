@@ -239,29 +239,37 @@ def bootstrap_metrics(
 ) -> dict[str, NDArray[np.float64]]:
     """``accuracy``, ``balanced_accuracy`` and ``macro_f1`` of each stratified bootstrap draw.
 
-    Each value is ``[n_boot]``; the draws are :func:`stratified_bootstrap_indices` with the
-    same ``seed``, so two predictions of one test set are resampled identically (paired).
-    Vectorised: 1000 draws over a few hundred images cost milliseconds.
+    Each value is ``[n_boot]``. A stratified resample draws ``n_c`` images of class ``c``
+    with replacement, so the predictions it collects for that class are multinomial with
+    the class's row of the confusion matrix as probabilities: sampling those counts
+    directly gives the same distribution as resampling image indices (the metrics depend
+    on the images only through these counts) at ``O(n_boot · non-zero cells)`` instead of
+    ``O(n_boot · N)``: 1000 draws over 10,000 images cost milliseconds, not seconds.
     """
     t, p = _pair(y_true, y_pred)
-    idx = stratified_bootstrap_indices(t, n_boot, seed)
+    rng = np.random.default_rng(seed)
     classes, sizes = np.unique(t, return_counts=True)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    correct = (t[idx] == p[idx]).astype(np.float64)  # [B, N], columns grouped by class
-    hits = np.add.reduceat(correct, starts, axis=1)  # [B, C] true positives per class
     labels = np.union1d(classes, np.unique(p))
-    pred_pos = _positions(labels, p[idx])  # [B, N]
-    flat = (np.arange(n_boot)[:, None] * labels.size + pred_pos).ravel()
-    predicted = np.bincount(flat, minlength=n_boot * labels.size).reshape(n_boot, labels.size)
+    rows = np.searchsorted(labels, classes)
+    pairs, counts = np.unique(np.stack([_positions(labels, t), _positions(labels, p)]), axis=1,
+                              return_counts=True)  # fmt: skip
+    predicted = np.zeros((n_boot, labels.size))
+    hits = np.zeros((n_boot, classes.size))
+    for i, (row, size) in enumerate(zip(rows, sizes, strict=True)):
+        mine = pairs[0] == row
+        columns, n = pairs[1][mine], counts[mine]
+        draws = rng.multinomial(int(size), n / n.sum(), size=n_boot)  # [B, cells of row]
+        predicted[:, columns] += draws
+        hits[:, i] = draws[:, columns == row].sum(axis=1)
     tp = np.zeros((n_boot, labels.size))
-    tp[:, np.searchsorted(labels, classes)] = hits
+    tp[:, rows] = hits
     n_true = np.zeros(labels.size)
-    n_true[np.searchsorted(labels, classes)] = sizes
+    n_true[rows] = sizes
     denom = n_true[None, :] + predicted
     f1 = np.divide(2.0 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
     present = denom > 0  # as macro_f1: classes in y_true or predicted in this draw
     return {
-        "accuracy": correct.mean(axis=1),
+        "accuracy": hits.sum(axis=1) / t.size,
         "balanced_accuracy": (hits / sizes[None, :]).mean(axis=1),
         "macro_f1": f1.sum(axis=1) / present.sum(axis=1),
     }

@@ -101,19 +101,24 @@ def test_changed_data_with_fewer_episodes_replaces_the_old_rows(tmp_path: Path) 
     assert row["n_episodes"] == 2 and row["mean"] == pytest.approx(expected)
 
 
-def test_bootstrap_equals_an_independent_loop_and_is_fast() -> None:
+def test_bootstrap_matches_resampling_image_indices_and_is_fast() -> None:
+    # Independent truth: resample test images within each class by index, score each
+    # draw with the plain metric functions, take the spread.
     rng = np.random.default_rng(3)
     y = np.repeat(np.arange(4), [120, 60, 15, 3])
     pred = np.where(rng.random(y.size) < 0.7, y, rng.integers(0, 5, y.size))  # 4 = never true
-    draws = bootstrap_metrics(y, pred, n_boot=200, seed=7)
-    idx = stratified_bootstrap_indices(y, 200, 7)
-    assert all(np.bincount(y[i], minlength=4).tolist() == [120, 60, 15, 3] for i in idx)
-    for b in (0, 1, 199):
-        t, p = y[idx[b]], pred[idx[b]]
-        assert draws["accuracy"][b] == pytest.approx(np.mean(t == p))
-        assert draws["balanced_accuracy"][b] == pytest.approx(balanced_accuracy(t, p))
-        assert draws["macro_f1"][b] == pytest.approx(macro_f1(t, p))
-    big_y = np.repeat(np.arange(10), 40)
+    idx = stratified_bootstrap_indices(y, 1500, 7)
+    assert all(np.bincount(y[i], minlength=4).tolist() == [120, 60, 15, 3] for i in idx[:20])
+    by_index = {
+        "accuracy": [np.mean(y[i] == pred[i]) for i in idx],
+        "balanced_accuracy": [balanced_accuracy(y[i], pred[i]) for i in idx],
+        "macro_f1": [macro_f1(y[i], pred[i]) for i in idx],
+    }
+    draws = bootstrap_metrics(y, pred, n_boot=1500, seed=11)
+    for name, values in by_index.items():
+        assert np.mean(draws[name]) == pytest.approx(np.mean(values), abs=0.005), name
+        assert np.std(draws[name]) == pytest.approx(np.std(values), rel=0.1), name
+    big_y = np.repeat(np.arange(100), 100)  # 10,000 test images, 100 classes
     start = time.perf_counter()
     bootstrap_se(big_y, np.roll(big_y, 7), n_boot=1000, seed=0)
     assert time.perf_counter() - start < 0.5
