@@ -6,7 +6,7 @@ them. The run identity (:func:`data_id`, :func:`featkit.results.run_id`) covers 
 dataset name, relative paths, labels, label names and the split of every image.
 
 Every metric row carries ``test_se``, the stratified-bootstrap standard error of its value
-over the test images, and ``correct``, the per-image correctness as hex bits per class in
+over the test images, and, on its accuracy row, ``correct``: the per-image correctness as hex bits per class in
 the order of the sorted test paths (:func:`encode_correct`), so a report can pair two
 methods on the same images without the predictions file a full table would need.
 """
@@ -132,7 +132,8 @@ def episode_records(
             "metric": name,
             "value": float(value),
             "test_se": se.get(name, float("nan")),
-            "correct": correct,
+            # Once per episode (on the accuracy row): the bits are the same for every metric.
+            "correct": correct if name == "accuracy" else "",
         }
         for name, value in metrics.items()
         if value is not None and np.isfinite(value)
