@@ -5,10 +5,11 @@ Probe (:mod:`featkit.evaluate`) and fine-tuning (:mod:`featkit.finetune`) both c
 them. The run identity (:func:`data_id`, :func:`featkit.results.run_id`) covers the data:
 dataset name, relative paths, labels, label names and the split of every image.
 
-Every metric row carries ``test_se``, the stratified-bootstrap standard error of its value
-over the test images, and, on its accuracy row, ``correct``: the per-image correctness as hex bits per class in
-the order of the sorted test paths (:func:`encode_correct`), so a report can pair two
-methods on the same images without the predictions file a full table would need.
+Every metric row carries ``test_se``, the stratified-bootstrap standard error of its
+value over the test images; the accuracy row of each episode also carries ``correct``,
+the per-image correctness as hex bits per class in the order of the sorted test paths
+(:func:`encode_correct`), so a report can pair two methods on the same images without
+the predictions file a full table would need.
 """
 
 from __future__ import annotations
