@@ -14,6 +14,7 @@ Metric values in the CSVs are fractions in [0, 1]; the table shows percentages.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,6 +176,9 @@ def write_report(
     chosen = _choose_shots(summary, shots)
     stores = _stores(workspace, results.results)
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".*.tmp"):  # left by a report killed mid-write
+        with contextlib.suppress(OSError):
+            stale.unlink()
     task = progress.task("report", total=3 + len(stores))
 
     tables = [folder / "comparison.csv", folder / "comparison.md", folder / "comparison.tex"]

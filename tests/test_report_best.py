@@ -110,6 +110,10 @@ def test_report_outputs_survive_a_failed_rewrite(
     monkeypatch.undo()
     assert {p: p.read_bytes() for p in before} == before  # nothing torn, nothing emptied
     assert not list(files.folder.glob(".*.tmp"))
+    stale = files.folder / ".report.html.killed.tmp"  # what a kill -9 mid-write leaves
+    stale.write_bytes(b"partial")
+    write_report(tmp_path)
+    assert not stale.exists()
     html = files.html.read_text(encoding="utf-8")
     assert "McNemar" in html and "test images" in html
     csv = pd.read_csv(files.tables[0], dtype={"shots": str})
