@@ -24,20 +24,16 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from featkit.errors import FeatkitError
-from featkit.metrics import (
-    classification_metrics,
-    clustering_metrics,
-    match_clusters,
-    per_class_recall,
-)
+from featkit.evaluate_checks import check_data, check_same_images, warn_small_test_classes
+from featkit.metrics import DEFAULT_BOOTSTRAP, clustering_metrics, match_clusters
 from featkit.progress import SILENT, Progress
 from featkit.protocols import Protocol, create_protocol, get_protocol_class
+from featkit.records import data_id, episode_records
 from featkit.results import (
     CONFUSION_COLUMNS,
     PER_CLASS_COLUMNS,
     RESULT_COLUMNS,
     canonical_params,
-    result_rows,
     run_id,
     write_results,
 )
@@ -106,6 +102,8 @@ class ProbeSettings:
     episodes: int = DEFAULT_EPISODES  # per few-shot setting; "all" always has one
     seed: int = 0  # drives the train/test split and the episodes
     test_fraction: float = DEFAULT_TEST_FRACTION  # when the data name no test split
+    bootstrap: int = DEFAULT_BOOTSTRAP  # stratified resamples of the test images per row
+    splits: int = 1  # > 1: the "all" column is this many stratified folds (k-fold)
 
 
 @dataclass
@@ -158,30 +156,6 @@ class ProbeResults:
         )
 
 
-def _check_data(data: EvalData, settings: ProbeSettings) -> None:
-    where = f"store {data.store}" if data.store else f"{data.dataset}/{data.model}"
-    names = [spec.name for spec in settings.protocols]
-    if not names:
-        raise FeatkitError("--protocols: expected at least one protocol, got none")
-    if not np.any(np.asarray(data.labels) >= 0):
-        raise FeatkitError(
-            f"{where}: expected labels for protocol(s) {', '.join(dict.fromkeys(names))}, "
-            "got none (every image is unlabelled); extract a labelled folder or import a "
-            "labels CSV"
-        )
-    for kind in settings.features:
-        X = data.features.get(kind)
-        if X is None:
-            raise FeatkitError(f"{where}: expected feature kind {kind!r}, it is not available")
-        bad = ~np.isfinite(X).all(axis=1)
-        if bad.any():
-            first = data.paths[int(np.flatnonzero(bad)[0])]
-            raise FeatkitError(
-                f"{where}: expected finite {kind} features, got NaN/inf in {int(bad.sum())} "
-                f"image(s) (e.g. {first}); extract them again or remove them"
-            )
-
-
 def _episodes(
     data: EvalData, settings: ProbeSettings, with_zero: bool, warn: bool = True
 ) -> list[Episode]:
@@ -199,6 +173,7 @@ def _episodes(
                 settings.test_fraction,
                 data.label_names,
                 warn=warn,
+                n_splits=settings.splits,
             )
         )
     except FeatkitError as error:
@@ -230,71 +205,112 @@ def _label_free(spec: ProtocolSpec, episode: int, n_classes: int) -> Protocol:
     return create_protocol(spec.name, **settings)
 
 
+@dataclass(frozen=True)
+class _Job:
+    kind: str
+    spec: ProtocolSpec
+    draw: Episode
+    base: dict[str, Any]
+
+
+def _jobs(data: EvalData, settings: ProbeSettings, draws: Sequence[Episode]) -> list[_Job]:
+    """Every (feature, protocol, draw) of a sweep with its result columns and run id.
+
+    The run id covers everything that defines the numbers: the store fingerprint, the
+    data (dataset name, paths, labels, splits: :func:`featkit.records.data_id`), feature,
+    protocol and settings, shots, seed, test fraction and episode.
+    """
+    supervised = [s for s in settings.protocols if s.supervised]
+    label_free = [s for s in settings.protocols if not s.supervised]
+    labelled_draws = [e for e in draws if e.shots.kind != "zero"]
+    zero_draws = [e for e in draws if e.shots.kind == "zero"]
+    params = {spec: spec.params_string() for spec in settings.protocols}
+    data_key = data_id(data.dataset, data.paths, data.labels, data.splits, data.label_names)
+    folds = {"splits": settings.splits} if settings.splits > 1 else {}
+    jobs = []
+    for kind in settings.features:
+        pairs = [(spec, draw) for draw in labelled_draws for spec in supervised]
+        pairs += [(spec, draw) for draw in zero_draws for spec in label_free]
+        for spec, draw in pairs:
+            base = {
+                "dataset": data.dataset,
+                "model": data.model,
+                "feature": kind,
+                "protocol": spec.name,
+                "params": params[spec],
+                "shots": str(draw.shots),
+                "episode": draw.episode,
+                "effective_shots": draw.effective_shots,
+                "n_train": int(draw.train.size),
+                "n_test": int(draw.test.size),
+                "seed": settings.seed,
+                "run_id": run_id(
+                    data.fingerprint,
+                    kind,
+                    spec.name,
+                    params[spec],
+                    str(draw.shots),
+                    settings.seed,
+                    draw.episode,
+                    test_fraction=settings.test_fraction,
+                    dataset=data.dataset,
+                    data=data_key,
+                    # Fold r of --splits is another test set than the standard split.
+                    **folds if draw.shots.kind == "all" else {},
+                ),
+                "store": data.store,
+                "data_id": data_key,
+            }
+            jobs.append(_Job(kind, spec, draw, base))
+    return jobs
+
+
 def evaluate_arrays(
     data: EvalData, settings: ProbeSettings = ProbeSettings(), progress: Progress = SILENT
 ) -> ProbeResults:
     """Run the sweep on one data set's arrays; nothing is written."""
-    _check_data(data, settings)
-    supervised = [s for s in settings.protocols if s.supervised]
+    check_data(data, settings)
     label_free = [s for s in settings.protocols if not s.supervised]
     draws = _episodes(data, settings, with_zero=bool(label_free))
-    labelled_draws = [e for e in draws if e.shots.kind != "zero"]
-    zero_draws = [e for e in draws if e.shots.kind == "zero"]
-    total = len(settings.features) * (
-        len(supervised) * len(labelled_draws) + len(label_free) * len(zero_draws)
-    )
-    params = {spec: spec.params_string() for spec in settings.protocols}
+    warn_small_test_classes(data, draws)
+    jobs = _jobs(data, settings, draws)
     y = np.asarray(data.labels, dtype=np.int64)
     rows: list[dict[str, Any]] = []
     per_class: list[dict[str, Any]] = []
     confusion: list[dict[str, Any]] = []
-    task = progress.task(f"probe {data.dataset}/{data.model}", total)
+    task = progress.task(f"probe {data.dataset}/{data.model}", len(jobs))
     try:
-        for kind in settings.features:
-            X = data.features[kind]
-            jobs = [(spec, draw) for draw in labelled_draws for spec in supervised]
-            jobs += [(spec, draw) for draw in zero_draws for spec in label_free]
-            for spec, draw in jobs:
-                base = {
-                    "dataset": data.dataset,
-                    "model": data.model,
-                    "feature": kind,
-                    "protocol": spec.name,
-                    "params": params[spec],
-                    "shots": str(draw.shots),
-                    "episode": draw.episode,
-                    "effective_shots": draw.effective_shots,
-                    "n_train": int(draw.train.size),
-                    "n_test": int(draw.test.size),
-                    "seed": settings.seed,
-                    "run_id": run_id(
-                        data.fingerprint,
-                        kind,
-                        spec.name,
-                        params[spec],
-                        str(draw.shots),
-                        settings.seed,
-                        draw.episode,
-                        test_fraction=settings.test_fraction,
-                    ),
-                    "store": data.store,
-                }
-                y_test = y[draw.test]
-                if spec.supervised:
-                    model = spec.create().fit(X[draw.train], y[draw.train])
-                    predicted = model.predict(X[draw.test])
-                    metrics = classification_metrics(
-                        y_test, predicted, _scores(model, X[draw.test]), model.classes_.tolist()
-                    )
-                else:
-                    model = _label_free(spec, draw.episode, int(np.unique(y_test).size))
-                    clusters = model.fit(X[draw.test]).predict(X[draw.test])
-                    metrics = clustering_metrics(y_test, clusters)
-                    predicted = match_clusters(y_test, clusters)
-                rows += result_rows(base, metrics)
-                per_class += _per_class_rows(data, base, y[draw.train], y_test, predicted)
-                confusion += _confusion_rows(data, base, y_test, predicted)
-                task.advance(1, protocol=spec.name, shots=str(draw.shots))
+        for job in jobs:
+            X, spec, draw = data.features[job.kind], job.spec, job.draw
+            y_test = y[draw.test]
+            metrics: dict[str, float] | None = None
+            scores, score_classes = None, None
+            if spec.supervised:
+                model = spec.create().fit(X[draw.train], y[draw.train])
+                predicted = model.predict(X[draw.test])
+                scores, score_classes = _scores(model, X[draw.test]), model.classes_.tolist()
+            else:
+                model = _label_free(spec, draw.episode, int(np.unique(y_test).size))
+                clusters = model.fit(X[draw.test]).predict(X[draw.test])
+                metrics = clustering_metrics(y_test, clusters)
+                predicted = match_clusters(y_test, clusters)
+            new_rows, new_per_class, new_confusion = episode_records(
+                job.base,
+                y[draw.train],
+                y_test,
+                predicted,
+                data.label_names,
+                metrics=metrics,
+                scores=scores,
+                score_classes=score_classes,
+                test_paths=[data.paths[i] for i in draw.test],
+                n_boot=settings.bootstrap,
+                seed=settings.seed,
+            )
+            rows += new_rows
+            per_class += new_per_class
+            confusion += new_confusion
+            task.advance(1, protocol=spec.name, shots=str(draw.shots))
     finally:
         task.close()
     return ProbeResults(
@@ -302,48 +318,6 @@ def evaluate_arrays(
         pd.DataFrame(per_class, columns=list(PER_CLASS_COLUMNS)),
         pd.DataFrame(confusion, columns=list(CONFUSION_COLUMNS)),
     )
-
-
-_KEY_COLUMNS = ("dataset", "model", "feature", "protocol", "params", "shots", "episode", "run_id")
-
-
-def _per_class_rows(
-    data: EvalData,
-    base: Mapping[str, Any],
-    y_train: NDArray[np.int64],
-    y_test: NDArray[np.int64],
-    predicted: NDArray[np.int64],
-) -> list[dict[str, Any]]:
-    classes = np.union1d(np.unique(y_train), np.unique(y_test))
-    recalls = per_class_recall(y_test, predicted, classes.tolist())
-    key = {c: base[c] for c in _KEY_COLUMNS}
-    return [
-        {
-            **key,
-            "class": _class_name(data, int(c)),
-            "n_train": int(np.sum(y_train == c)),
-            "n_test": int(np.sum(y_test == c)),
-            "recall": float(r),
-        }
-        for c, r in zip(classes, recalls, strict=True)
-    ]
-
-
-def _confusion_rows(
-    data: EvalData, base: Mapping[str, Any], y_test: NDArray[np.int64], predicted: NDArray[np.int64]
-) -> list[dict[str, Any]]:
-    """Non-zero cells only: a long table of every zero would dwarf the results."""
-    pairs, counts = np.unique(np.stack([y_test, predicted]), axis=1, return_counts=True)
-    key = {c: base[c] for c in _KEY_COLUMNS}
-    return [
-        {
-            **key,
-            "true": _class_name(data, int(t)),
-            "pred": _class_name(data, int(p)) if p >= 0 else "(unmatched)",
-            "count": int(n),
-        }
-        for (t, p), n in zip(pairs.T, counts, strict=True)
-    ]
 
 
 def load_store(path: Path, features: Sequence[str]) -> EvalData:
@@ -372,28 +346,64 @@ def probe_store(
     return evaluate_arrays(load_store(Path(path), settings.features), settings, progress)
 
 
+def _known(data: EvalData, settings: ProbeSettings, existing: ProbeResults) -> ProbeResults | None:
+    """The stored rows of exactly this sweep, or None when any run is missing."""
+    if existing.results.empty:
+        return None
+    label_free = any(not s.supervised for s in settings.protocols)
+    draws = _episodes(data, settings, with_zero=label_free, warn=False)
+    wanted = {job.base["run_id"] for job in _jobs(data, settings, draws)}
+    found = existing.results["run_id"].isin(wanted)
+    if not wanted <= set(existing.results.loc[found, "run_id"]):
+        return None
+    return ProbeResults(
+        existing.results[found].reset_index(drop=True),
+        existing.per_class[existing.per_class["run_id"].isin(wanted)].reset_index(drop=True),
+        existing.confusion[existing.confusion["run_id"].isin(wanted)].reset_index(drop=True),
+    )
+
+
 def probe(
     stores: Sequence[Path],
     settings: ProbeSettings = ProbeSettings(),
     workspace: Path | None = None,
     progress: Progress = SILENT,
+    *,
+    force: bool = False,
+    allow_different_images: bool = False,
 ) -> ProbeResults:
     """Evaluate every store; with ``workspace``, merge the rows into its results CSVs.
 
     Each store is validated (labels, finite features, classes, shots) before any is
     evaluated, so a bad store fails in seconds rather than after the others' sweeps.
     Rows are written once per store, so an interrupted probe keeps the stores done.
+    A store whose every run (same run id: same data, features and settings) already has
+    rows in the workspace is not evaluated again; ``force=True`` recomputes it.
     """
+    from featkit.results import read_confusion, read_per_class, read_results
+
     if not stores:
         raise FeatkitError("stores: expected at least one store, got none")
+    images: dict[str, tuple[frozenset[str], Path]] = {}  # dataset → (paths, first store)
     for path in stores:  # validate everything first; arrays are read again below
         item = load_store(Path(path), settings.features)
-        _check_data(item, settings)
+        check_data(item, settings)
         _episodes(item, settings, with_zero=False, warn=False)  # warnings come once, below
+        check_same_images(item, Path(path), images, allow_different_images)
         del item
+    existing = ProbeResults()
+    if workspace is not None and not force:
+        existing = ProbeResults(
+            read_results(workspace), read_per_class(workspace), read_confusion(workspace)
+        )
     parts = []
     for path in stores:
-        result = evaluate_arrays(load_store(Path(path), settings.features), settings, progress)
+        data = load_store(Path(path), settings.features)
+        known = _known(data, settings, existing)
+        if known is not None:
+            parts.append(known)
+            continue
+        result = evaluate_arrays(data, settings, progress)
         if workspace is not None:
             write_results(workspace, result.results, result.per_class, result.confusion)
         parts.append(result)

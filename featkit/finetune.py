@@ -648,10 +648,14 @@ def write_results(
     workspace: Path,
     precision: str,
 ) -> Path:
-    """Append the run's rows to the workspace's long, summary, per-class and confusion CSVs."""
+    """Merge the run's rows into the workspace's long, summary, per-class and confusion CSVs.
+
+    Rows come from :func:`featkit.records.episode_records`, the function the probe uses,
+    under a run id that covers the data as the probe's does.
+    """
     from featkit import results
     from featkit.fingerprint import make_fingerprint
-    from featkit.metrics import classification_metrics, confusion_counts, per_class_recall
+    from featkit.records import data_id, episode_records
 
     # The store's fingerprint ties rows to the images and features the probe used; from a
     # data folder the backbone's own fingerprint stands in for it.
@@ -659,6 +663,7 @@ def write_results(
         backbone, precision=precision, patches="none"
     )
     classes = list(range(len(rows.label_names)))
+    data_key = data_id(rows.dataset, rows.paths, rows.labels, rows.splits, rows.label_names)
     long, per_class, confusion = [], [], []
     for out in run.outcomes:
         rid = results.run_id(
@@ -670,8 +675,10 @@ def write_results(
             seed,
             out.episode,
             test_fraction=run.test_fraction,  # as the probe does: it changes the draws
+            dataset=run.dataset,
+            data=data_key,
         )
-        key = dict(
+        base = dict(
             dataset=run.dataset,
             model=run.model,
             feature=FEATURE,
@@ -679,41 +686,26 @@ def write_results(
             params=run.params,
             shots=out.shots,
             episode=out.episode,
-        )
-        n_train = np.bincount(out.y_train, minlength=len(classes))
-        base = dict(
-            key,
             effective_shots=out.effective_shots,
             n_train=len(out.train_paths),
             n_test=len(out.test_paths),
             seed=seed,
             run_id=rid,
             store=str(rows.store) if rows.store else "",
+            data_id=data_key,
         )
-        metrics = classification_metrics(out.y_true, out.y_pred, out.scores, classes)
-        long += results.result_rows(base, metrics)
-        recall = per_class_recall(out.y_true, out.y_pred, classes)
-        n_test = np.bincount(out.y_true, minlength=len(classes))
-        for c in classes:
-            per_class.append(
-                dict(
-                    key,
-                    run_id=rid,
-                    n_train=int(n_train[c]),
-                    n_test=int(n_test[c]),
-                    recall=float(recall[c]),
-                    **{"class": rows.label_names[c]},
-                )
-            )
-        counts = confusion_counts(out.y_true, out.y_pred, classes)
-        for t, p in zip(*np.nonzero(counts), strict=True):
-            confusion.append(
-                dict(
-                    key,
-                    run_id=rid,
-                    true=rows.label_names[t],
-                    pred=rows.label_names[p],
-                    count=int(counts[t, p]),
-                )
-            )
+        records = episode_records(
+            base,
+            out.y_train,
+            out.y_true,
+            out.y_pred,
+            rows.label_names,
+            scores=out.scores,
+            score_classes=classes,
+            test_paths=out.test_paths,
+            seed=seed,
+        )
+        long += records[0]
+        per_class += records[1]
+        confusion += records[2]
     return results.write_results(workspace, long, per_class, confusion)

@@ -17,7 +17,9 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from featkit.atomic import atomic_path
 from featkit.errors import FeatkitError
+from featkit.splits import shots_sort_key
 
 DPI = 110
 # At most this many points in a PCA scatter: more only hide each other and slow the file.
@@ -31,7 +33,9 @@ RECALL_MAX_METHODS = 6
 def _save(fig: Figure, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    # Through the atomic helper: a kill mid-write keeps the previous picture, never 0 bytes.
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png")
 
 
 def _colors(n: int) -> list[Any]:
@@ -41,19 +45,13 @@ def _colors(n: int) -> list[Any]:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def _shots_key(shots: str) -> tuple[int, float, str]:
-    from featkit.report import shots_sort_key
-
-    return shots_sort_key(shots)
-
-
 def plot_metric_vs_shots(summary: pd.DataFrame, metric: str, path: Path, title: str = "") -> None:
     """Mean metric against shots, one line per model · method, with its 95 % CI band.
 
     ``summary`` has columns model, method, shots, mean, low, high (fractions). Shots are
     categorical positions (0, 1, 5, …, 10%, all), evenly spaced so ``all`` fits.
     """
-    shots = sorted(set(summary["shots"]), key=_shots_key)
+    shots = sorted(set(summary["shots"]), key=shots_sort_key)
     position = {s: i for i, s in enumerate(shots)}
     # Colour says the method, line style and marker say the model: a reader can follow
     # "logistic" across models, or one model across methods.
@@ -67,7 +65,7 @@ def plot_metric_vs_shots(summary: pd.DataFrame, metric: str, path: Path, title: 
     fig = Figure(figsize=(8.5, 5.0))
     ax = fig.add_subplot()
     for (model, method), part in summary.groupby(["model", "method"], sort=True):
-        part = part.sort_values("shots", key=lambda c: c.map(_shots_key))
+        part = part.sort_values("shots", key=lambda c: c.map(shots_sort_key))
         x = part["shots"].map(position).to_numpy(dtype=float) + offset[model]
         k = models.index(model)
         kw = {"color": color[method]}

@@ -14,65 +14,28 @@ Metric values in the CSVs are fractions in [0, 1]; the table shows percentages.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
-import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from featkit.atomic import atomic_path
 from featkit.errors import FeatkitError
 from featkit.progress import SILENT, Progress
+from featkit.report_table import (  # re-exported: the report's public names
+    ComparisonTable,
+    comparison_table,
+)
+from featkit.splits import shots_sort_key
 from featkit.workspace import find_stores, report_dir, results_dir, safe_name
 
 logger = logging.getLogger("featkit")
 
 # The columns that identify one evaluated configuration (everything but episode/value).
 GROUP_COLUMNS = ("dataset", "model", "feature", "protocol", "params", "shots")
-# Shown where a method was not run at a shot count (k-means only runs at 0 shots).
-MISSING = "–"
-
-# Probes first (in the order a reader meets them in docs/protocols.md), then fine-tunes.
-_METHOD_ORDER = (
-    "knn",
-    "logistic",
-    "prototype",
-    "balanced",
-    "kmeans",
-    "finetune-linear",
-    "finetune-last-block",
-    "finetune-lora",
-)
-
-
-def shots_sort_key(shots: str) -> tuple[int, float, str]:
-    """Order shot labels as a reader expects: 0, 1, 5, 10, …, then 1%, 10%, …, then ``all``."""
-    text = str(shots).strip()
-    if re.fullmatch(r"\d+", text):
-        return (0, float(text), "")
-    if re.fullmatch(r"\d+(\.\d+)?%", text):
-        return (1, float(text[:-1]), "")
-    if text == "all":
-        return (2, 0.0, "")
-    return (3, 0.0, text)
-
-
-def t_half_width(std: float, n: int) -> float:
-    """Half-width of the 95 % Student-t interval of a mean of ``n`` values with sample std ``std``.
-
-    One episode has no spread to measure: the half-width is 0 (the interval collapses to
-    the mean, as in ``summary.csv``) and the table shows the mean alone.
-    """
-    from scipy import stats
-
-    if n <= 1 or not math.isfinite(std):
-        return 0.0
-    return float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
-
-
 # ---------------------------------------------------------------------------------------
 # Reading
 
@@ -87,85 +50,32 @@ class Results:
     from_summary: bool = False  # True when ``results`` holds summary.csv rows
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        return pd.DataFrame()
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise FeatkitError(
-            f"results file {path}: expected a CSV table, could not parse it ({error})"
-        ) from None
-    return frame
-
-
-def _require_columns(frame: pd.DataFrame, columns: Sequence[str], path: Path) -> None:
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise FeatkitError(
-            f"results file {path}: expected columns {', '.join(columns)}; "
-            f"missing {', '.join(missing)}"
-        )
-
-
-def _numeric(frame: pd.DataFrame, columns: Sequence[str], path: Path) -> pd.DataFrame:
-    """Parse columns as numbers; empty or "nan" cells become NaN, other text is an error."""
-    for column in columns:
-        text = frame[column].str.strip()
-        missing = text.str.lower().isin(["", "nan"])
-        values = pd.to_numeric(text.mask(missing), errors="coerce")
-        bad = values.isna() & ~missing
-        if bad.any():
-            example = frame.loc[bad, column].iloc[0]
-            raise FeatkitError(
-                f"results file {path}: expected numbers in column {column!r}, got {example!r}"
-            )
-        frame[column] = values
-    return frame
-
-
 def gather_results(workspace: Path) -> Results:
     """Read ``results.csv`` (or ``summary.csv``), ``per_class.csv`` and ``confusion.csv``.
 
     Raises FeatkitError when the workspace has no results at all, naming what was
     looked for and where.
     """
-    # File names from featkit.results (the writer); parsing stays here because the
-    # report validates every cell it uses and names the bad one.
-    from featkit.results import CONFUSION_FILE, PER_CLASS_FILE, RESULTS_FILE, SUMMARY_FILE
+    # One reader and validator for every consumer: featkit.results (which also rolls a
+    # half-renamed generation forward before reading).
+    from featkit import results as files
 
-    folder = results_dir(Path(workspace))
-    long_path = folder / RESULTS_FILE
-    summary_path = folder / SUMMARY_FILE
-    long = _read_csv(long_path)
+    workspace = Path(workspace)
+    long = files.read_results(workspace)
     from_summary = False
     if long.empty:
-        long = _read_csv(summary_path)
+        long = files.read_summary(workspace)
         from_summary = not long.empty
     if long.empty:
+        where = results_dir(workspace) / files.RESULTS_FILE
         raise FeatkitError(
-            f"workspace {workspace}: expected results in {long_path} (run `featkit probe` "
+            f"workspace {workspace}: expected results in {where} (run `featkit probe` "
             "first), found none"
         )
-    if from_summary:
-        _require_columns(
-            long, [*GROUP_COLUMNS, "metric", "mean", "std", "n_episodes"], summary_path
-        )
-        long = _numeric(long, ["mean", "std", "n_episodes", "ci95_low", "ci95_high"], summary_path)
-    else:
-        _require_columns(long, [*GROUP_COLUMNS, "episode", "metric", "value"], long_path)
-        long = _numeric(long, ["value"], long_path)
-
-    per_class_path = folder / PER_CLASS_FILE
-    per_class = _read_csv(per_class_path)
-    if not per_class.empty:
-        _require_columns(per_class, [*GROUP_COLUMNS, "class", "n_train", "recall"], per_class_path)
-        per_class = _numeric(per_class, ["n_train", "recall"], per_class_path)
-    confusion_path = folder / CONFUSION_FILE
-    confusion = _read_csv(confusion_path)
-    if not confusion.empty:
-        _require_columns(confusion, [*GROUP_COLUMNS, "true", "pred", "count"], confusion_path)
-        confusion = _numeric(confusion, ["count"], confusion_path)
+    if not from_summary:
+        long["episode"] = long["episode"].astype(str)
+    per_class = files.read_per_class(workspace)
+    confusion = files.read_confusion(workspace)
     return Results(long, per_class, confusion, from_summary)
 
 
@@ -174,7 +84,14 @@ def gather_results(workspace: Path) -> Results:
 
 
 def summarize(results: Results, metric: str) -> pd.DataFrame:
-    """One row per configuration: mean, std, n, half, low, high (fractions, not percent)."""
+    """One row per configuration: mean, std, n, half, low, high (fractions, not percent),
+    plus ``test_se`` and ``effective_shots``; the interval includes the test-set variance.
+
+    Computed by :func:`featkit.results.summarize_results` (the one summary) from the long
+    rows; read from ``summary.csv`` when only that file exists.
+    """
+    from featkit.results import summarize_results
+
     frame = results.results
     available = sorted(set(frame["metric"]))
     if metric not in available:
@@ -186,214 +103,18 @@ def summarize(results: Results, metric: str) -> pd.DataFrame:
     rows = frame[(frame["metric"] == metric) & frame[value].notna()]
     if rows.empty:
         raise FeatkitError(f"metric {metric!r}: expected numbers for it, found only empty cells")
-    keys = list(GROUP_COLUMNS)
-    if results.from_summary:
-        out = rows[[*keys, "mean", "std"]].copy()
-        out["n"] = rows["n_episodes"].astype(int)
-        half = (rows["ci95_high"] - rows["ci95_low"]) / 2
-        out["half"] = half.fillna(0.0)
-    else:
-        grouped = rows.groupby(keys, sort=False)["value"]
-        out = pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1).fillna(0.0)})
-        out["n"] = grouped.size()
-        out = out.reset_index()
-        out["half"] = [t_half_width(s, n) for s, n in zip(out["std"], out["n"], strict=True)]
+    summary = rows.copy() if results.from_summary else summarize_results(rows)
+    out = summary[[*GROUP_COLUMNS, "mean", "std"]].copy()
+    out["std"] = pd.to_numeric(out["std"], errors="coerce").fillna(0.0)
+    out["n"] = pd.to_numeric(summary["n_episodes"], errors="coerce").fillna(1).astype(int)
+    half = (summary["ci95_high"] - summary["ci95_low"]) / 2
+    out["half"] = pd.to_numeric(half, errors="coerce").fillna(0.0)
+    for column in ("test_se", "effective_shots"):
+        found = summary[column] if column in summary.columns else pd.Series(np.nan, summary.index)
+        out[column] = pd.to_numeric(found, errors="coerce")
     out["low"] = out["mean"] - out["half"]
     out["high"] = out["mean"] + out["half"]
     return out.reset_index(drop=True)
-
-
-def _method_labels(summary: pd.DataFrame) -> pd.Series:
-    """protocol, plus params when that protocol ran with several settings, plus feature when
-    several features exist: the shortest label that still tells the rows apart."""
-    several_features = summary["feature"].nunique() > 1
-    params_per_protocol = summary.groupby("protocol")["params"].nunique()
-    labels = []
-    for protocol, params, feature in zip(
-        summary["protocol"], summary["params"], summary["feature"], strict=True
-    ):
-        label = protocol
-        if params_per_protocol[protocol] > 1:
-            label += f" ({params})" if params else " (default)"
-        if several_features:
-            label += f" [{feature}]"
-        labels.append(label)
-    return pd.Series(labels, index=summary.index)
-
-
-def _method_rank(protocol: str) -> int:
-    return _METHOD_ORDER.index(protocol) if protocol in _METHOD_ORDER else len(_METHOD_ORDER)
-
-
-def format_cell(mean: float, half: float, n: int, digits: int = 1) -> str:
-    """``72.3 ± 1.2`` in percent; the mean alone when one episode gives no interval."""
-    if n <= 1:
-        return f"{100 * mean:.{digits}f}"
-    return f"{100 * mean:.{digits}f} ± {100 * half:.{digits}f}"
-
-
-@dataclass
-class ComparisonTable:
-    """The comparison: ``cells`` holds one row per (row, shots) with numbers in percent."""
-
-    metric: str
-    cells: pd.DataFrame  # dataset, model, method, feature, protocol, params, shots, mean, ...
-    columns: list[str]  # shot labels in reading order
-    rows: list[tuple[str, str, str]]  # (dataset, model, method) in reading order
-    several_datasets: bool = field(default=False)
-
-    def wide(self, bold: tuple[str, str] = ("", "")) -> pd.DataFrame:
-        """Display strings: one row per (dataset,) model, method; best cells wrapped in ``bold``."""
-        lookup: dict[tuple[str, ...], tuple[str, bool]] = {
-            (str(r.dataset), str(r.model), str(r.method), str(r.shots)): (str(r.text), bool(r.best))
-            for r in self.cells.itertuples()
-        }
-        records = []
-        for dataset, model, method in self.rows:
-            record: dict[str, str] = {}
-            if self.several_datasets:
-                record["dataset"] = dataset
-            record["model"] = model
-            record["method"] = method
-            for shots in self.columns:
-                text, best = lookup.get((dataset, model, method, shots), (MISSING, False))
-                record[shots] = f"{bold[0]}{text}{bold[1]}" if best else text
-            records.append(record)
-        return pd.DataFrame.from_records(records)
-
-    def best_cells(self) -> set[tuple[str, str, str, str]]:
-        """(dataset, model, method, shots) of every marked cell."""
-        return {
-            (str(r.dataset), str(r.model), str(r.method), str(r.shots))
-            for r in self.cells.itertuples()
-            if bool(r.best)
-        }
-
-    def to_csv(self, path: Path) -> None:
-        """Long CSV, one row per cell, with a ``best`` flag; numbers in percent."""
-        columns = [
-            "dataset",
-            "model",
-            "method",
-            "feature",
-            "protocol",
-            "params",
-            "shots",
-            "metric",
-            "mean",
-            "std",
-            "ci95_half_width",
-            "ci95_low",
-            "ci95_high",
-            "n_episodes",
-            "cell",
-            "best",
-        ]
-        frame = self.cells.rename(
-            columns={
-                "half": "ci95_half_width",
-                "low": "ci95_low",
-                "high": "ci95_high",
-                "n": "n_episodes",
-                "text": "cell",
-            }
-        )
-        frame = frame.assign(metric=self.metric)[columns]
-        frame.to_csv(path, index=False, float_format="%.4f")
-
-    def to_markdown(self) -> str:
-        wide = self.wide(bold=("**", "**"))
-        header = [*wide.columns[: len(wide.columns) - len(self.columns)], *self.columns]
-        lines = [
-            "| " + " | ".join(header) + " |",
-            "|"
-            + "|".join(":---" if c in ("dataset", "model", "method") else "---:" for c in header)
-            + "|",
-        ]
-        for record in wide.itertuples(index=False):
-            lines.append("| " + " | ".join(str(v).replace("|", "\\|") for v in record) + " |")
-        return "\n".join(lines) + "\n"
-
-    def to_latex(self) -> str:
-        wide = self.wide(bold=("\\textbf{", "}"))
-        n_text = len(wide.columns) - len(self.columns)
-        spec = "l" * n_text + "r" * len(self.columns)
-        header = [_latex_escape(str(c)) for c in wide.columns]
-        lines = [
-            f"% {_latex_escape(self.metric)} in percent, mean $\\pm$ 95\\% CI half-width; "
-            "best per column in bold",
-            f"\\begin{{tabular}}{{{spec}}}",
-            "\\toprule",
-            " & ".join(header) + " \\\\",
-            "\\midrule",
-        ]
-        for record in wide.itertuples(index=False):
-            cells = []
-            for i, value in enumerate(record):
-                text = str(value)
-                if i < n_text:
-                    cells.append(_latex_escape(text))
-                else:
-                    # Escape the number, keep our own \textbf and turn ± into math.
-                    bold = text.startswith("\\textbf{")
-                    inner = text[len("\\textbf{") : -1] if bold else text
-                    inner = _latex_escape(inner).replace("±", "$\\pm$").replace(MISSING, "--")
-                    cells.append(f"\\textbf{{{inner}}}" if bold else inner)
-            lines.append(" & ".join(cells) + " \\\\")
-        lines += ["\\bottomrule", "\\end{tabular}"]
-        return "\n".join(lines) + "\n"
-
-
-_LATEX_SPECIAL = {
-    "\\": "\\textbackslash{}",
-    "&": "\\&",
-    "%": "\\%",
-    "$": "\\$",
-    "#": "\\#",
-    "_": "\\_",
-    "{": "\\{",
-    "}": "\\}",
-    "~": "\\textasciitilde{}",
-    "^": "\\textasciicircum{}",
-}
-
-
-def _latex_escape(text: str) -> str:
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
-
-
-def comparison_table(summary: pd.DataFrame, metric: str) -> ComparisonTable:
-    """Build the table from :func:`summarize` output (fractions); cells come out in percent."""
-    if summary.empty:
-        raise FeatkitError(f"metric {metric!r}: expected result rows for it, found none")
-    cells = summary.copy()
-    cells["method"] = _method_labels(cells)
-    cells["text"] = [
-        format_cell(m, h, n)
-        for m, h, n in zip(cells["mean"], cells["half"], cells["n"], strict=True)
-    ]
-    for column in ("mean", "std", "half", "low", "high"):
-        cells[column] = 100 * cells[column]
-    # Best cell per (dataset, shots column); ties all marked. Compare what the reader sees
-    # (rounded to the displayed digit) so two identical-looking cells are never split.
-    shown = cells["mean"].round(1)
-    column_best = shown.groupby([cells["dataset"], cells["shots"]]).transform("max")
-    cells["best"] = shown == column_best
-
-    columns = sorted(set(cells["shots"]), key=shots_sort_key)
-    order = (
-        cells.assign(_rank=cells["protocol"].map(_method_rank))
-        .sort_values(["dataset", "model", "_rank", "method"], kind="stable")
-        .drop_duplicates(["dataset", "model", "method"])
-    )
-    rows = list(zip(order["dataset"], order["model"], order["method"], strict=True))
-    return ComparisonTable(
-        metric=metric,
-        cells=cells,
-        columns=columns,
-        rows=rows,
-        several_datasets=cells["dataset"].nunique() > 1,
-    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -451,16 +172,20 @@ def write_report(
     folder = Path(out) if out is not None else report_dir(workspace)
     results = gather_results(workspace)
     summary = summarize(results, metric)
-    table = comparison_table(summary, metric)
+    table = comparison_table(summary, metric, None if results.from_summary else results.results)
     chosen = _choose_shots(summary, shots)
     stores = _stores(workspace, results.results)
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(".*.tmp"):  # left by a report killed mid-write
+        with contextlib.suppress(OSError):
+            stale.unlink()
     task = progress.task("report", total=3 + len(stores))
 
     tables = [folder / "comparison.csv", folder / "comparison.md", folder / "comparison.tex"]
     table.to_csv(tables[0])
-    tables[1].write_text(table.to_markdown(), encoding="utf-8")
-    tables[2].write_text(table.to_latex(), encoding="utf-8")
+    for path, text in ((tables[1], table.to_markdown()), (tables[2], table.to_latex())):
+        with atomic_path(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
     task.advance()
 
     datasets = sorted(set(summary["dataset"]))
@@ -492,10 +217,11 @@ def write_report(
         path = name("confusion", dataset)
         method = str(table.cells.loc[[best.name], "method"].iloc[0])
         label = f"{best['model']} · {method}"
+        # Ranked by mean on test: say so unless the paired test marked it best.
+        proven = bool(table.cells.loc[[best.name], "best"].iloc[0])
+        rank = "the best method" if proven else "the highest-mean method (not proven best)"
         plots.plot_confusion(conf, path, title=f"{dataset}: {label}, shots={chosen}")
-        figures.append(
-            (f"{dataset}: confusion of the best method at shots={chosen}, {label}", path)
-        )
+        figures.append((f"{dataset}: confusion of {rank} at shots={chosen}, {label}", path))
 
     if not results.per_class.empty:
         for dataset in datasets:

@@ -12,8 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from featkit.atomic import atomic_path
+from featkit.report_table import BEST_RULE, INTERVAL_NOTE
+
 if TYPE_CHECKING:
-    from featkit.report import ComparisonTable
+    from featkit.report_table import ComparisonTable
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -73,12 +76,13 @@ def write_html(
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         f"<h2>Comparison: {metric}</h2>",
-        f"<p>{metric} in percent, mean ± half-width of the 95% Student-t interval over "
-        "episodes; the best cell of each column is highlighted. Columns are labelled "
-        "images per class (0 = no labels used, <code>all</code> = the full training split).</p>",
+        f"<p>{metric} in percent. Columns are labelled images per class (0 = no labels "
+        "used, <code>all</code> = the full training split).</p>",
         table_html(table),
+        f"<p>{html.escape(INTERVAL_NOTE)}</p><p>{html.escape(BEST_RULE)}</p>",
         "<h2>Plots</h2>",
         *(image_html(p, caption) for caption, p in figures),
         "</body></html>",
     ]
-    Path(path).write_text("\n".join(parts), encoding="utf-8")
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text("\n".join(parts), encoding="utf-8")

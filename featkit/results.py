@@ -1,14 +1,16 @@
 """The results files of a workspace: write, merge, read and summarise.
 
 ``results/results.csv`` is long: one row per measured number (the DESIGN.md contract).
-Every row carries a ``run_id``, a hash of what produced it (store fingerprint, feature,
-protocol, params, shots, seed, episode); writing a run replaces the rows with its
-``run_id`` instead of appending them twice. ``per_class.csv`` and ``confusion.csv``
-follow the same rule, and ``summary.csv`` is recomputed from all rows after each write.
+Every row carries a ``run_id``, a hash of what produced it (store fingerprint, dataset
+name, the data itself: paths, labels and splits via ``data_id``, feature, protocol,
+params, shots, seed, test fraction, episode); writing a run replaces the rows with its
+``run_id`` instead of appending them twice, and rows of another dataset or other data
+never share one. ``per_class.csv`` and ``confusion.csv`` follow the same rule, and
+``summary.csv`` is recomputed from all rows after each write.
 
-Files are written to a temporary name in the same folder and moved into place with
-``os.replace``, under an exclusive lock file, so a crash or ``kill -9`` leaves the old
-complete file and two concurrent writers do not lose each other's rows.
+The four files are replaced as one generation under an exclusive lock file
+(:mod:`featkit.result_files`), so a crash or ``kill -9`` leaves the old generation or the
+new one, and two concurrent writers do not lose each other's rows.
 
 Who writes: the probe (``featkit.evaluate``) and fine-tuning (protocol
 ``finetune-lora`` …). Who reads: reports. Example::
@@ -16,26 +18,35 @@ Who writes: the probe (``featkit.evaluate``) and fine-tuning (protocol
     base = dict(dataset="pets", model="dinov2_vits14", feature="cls",
                 protocol="finetune-lora", params="r=8", shots="10", episode=0,
                 effective_shots=10, n_train=370, n_test=740, seed=0, store="…",
-                run_id=run_id(fingerprint, "cls", "finetune-lora", "r=8", "10", 0, 0))
+                run_id=run_id(fingerprint, "cls", "finetune-lora", "r=8", "10", 0, 0,
+                              dataset="pets", data=data_id("pets", paths, labels)))
     write_results(workspace, result_rows(base, {"accuracy": 0.91, "macro_f1": 0.88}))
     table = read_results(workspace)
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from featkit.atomic import atomic_path
 from featkit.errors import FeatkitError
-from featkit.metrics import summarize
+from featkit.metrics import combined_half_width, summarize
+from featkit.result_files import (
+    TEXT_COLUMNS,
+    commit,
+    current_generation,
+    locked,
+    read_csv,
+    settle,
+    settled,
+)
 from featkit.workspace import results_dir
 
 RESULT_COLUMNS = (
@@ -54,11 +65,30 @@ RESULT_COLUMNS = (
     "seed",
     "run_id",
     "store",
+    # Added after the contract columns (see featkit.records): the stratified-bootstrap
+    # standard error over test images, the data identity, per-image correctness bits.
+    "test_se",
+    "data_id",
+    "correct",
 )
 # One experimental configuration; its episodes are summarised together.
 CONFIG_COLUMNS = ("dataset", "model", "feature", "protocol", "params", "shots")
 GROUP_COLUMNS = (*CONFIG_COLUMNS, "metric")
-SUMMARY_COLUMNS = (*GROUP_COLUMNS, "mean", "std", "ci95_low", "ci95_high", "n_episodes")
+# ci95_low/high include the test-set variance; the *_episodes pair is the interval over
+# episodes alone (the support sampling), kept so both can be read apart.
+SUMMARY_COLUMNS = (
+    *GROUP_COLUMNS,
+    "mean",
+    "std",
+    "ci95_low",
+    "ci95_high",
+    "n_episodes",
+    "ci95_low_episodes",
+    "ci95_high_episodes",
+    "test_se",
+    "effective_shots",
+    "n_test",
+)
 PER_CLASS_COLUMNS = (
     "dataset",
     "model",
@@ -91,22 +121,6 @@ RESULTS_FILE = "results.csv"
 SUMMARY_FILE = "summary.csv"
 PER_CLASS_FILE = "per_class.csv"
 CONFUSION_FILE = "confusion.csv"
-
-# Columns read as text so that "10%", "all", "" and names like "1e5" survive a round trip.
-_TEXT_COLUMNS = (
-    "dataset",
-    "model",
-    "feature",
-    "protocol",
-    "params",
-    "shots",
-    "metric",
-    "run_id",
-    "store",
-    "class",
-    "true",
-    "pred",
-)
 
 
 def canonical_params(params: Mapping[str, Any]) -> str:
@@ -164,43 +178,16 @@ def _frame(
     for column in columns:
         if column not in frame.columns:
             frame[column] = ""
-    for column in _TEXT_COLUMNS:
+    for column in TEXT_COLUMNS:
         if column in frame.columns:
             frame[column] = frame[column].fillna("").astype(str)
     extra = [c for c in frame.columns if c not in columns]
     return frame[[*columns, *extra]]
 
 
-def _read(path: Path, columns: Sequence[str]) -> pd.DataFrame:
-    if not path.is_file():
-        return pd.DataFrame(columns=list(columns))
-    dtypes = {c: str for c in _TEXT_COLUMNS}
-    frame = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values={"value": [""]})
-    for column in ("value", "recall", "mean", "std", "ci95_low", "ci95_high"):
-        if column in frame.columns:
-            frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    return frame
-
-
-def _atomic_write_csv(frame: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
-
-
-@contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a") as handle:
-        try:
-            import fcntl
-        except ImportError:  # Windows: no advisory locks; atomic replaces still hold.
-            yield
-            return
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+def generation(workspace: Path) -> str:
+    """Id of the current generation of the four result files ("" before the first write)."""
+    return current_generation(results_dir(workspace))
 
 
 def _replaced_runs(old: pd.DataFrame, new: pd.DataFrame) -> set[str]:
@@ -209,8 +196,9 @@ def _replaced_runs(old: pd.DataFrame, new: pd.DataFrame) -> set[str]:
     A rerun replaces its own rows (same ``run_id``). When a configuration (dataset,
     model, feature, protocol, params, shots) comes back with other settings — another
     seed, or the same episode under another ``run_id`` (new weights, another test
-    fraction) — every old row of that configuration goes, so a summary never averages
-    two different experiments. New episodes of unchanged settings add to the old ones.
+    fraction, changed images, labels or splits) — every old row of that configuration
+    goes, so a summary never averages two different experiments. New episodes of
+    unchanged settings add to the old ones.
     """
     replaced = set(new["run_id"])
     if old.empty or new.empty:
@@ -238,14 +226,38 @@ def _merge(old: pd.DataFrame, new: pd.DataFrame, replaced: set[str]) -> pd.DataF
 
 
 def summarize_results(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean, std and 95% t-interval over episodes per (dataset … shots, metric) group."""
+    """One summary row per (dataset … shots, metric) group: the one summary of featkit.
+
+    ``mean``/``std`` over episodes; ``ci95_low_episodes``/``ci95_high_episodes`` the 95 %
+    Student-t interval over episodes; ``test_se`` the mean over episodes of each row's
+    bootstrap standard error over test images (episodes share one test set, so their test
+    errors move together and the mean of the standard errors bounds the mean's); and
+    ``ci95_low``/``ci95_high`` both sources combined (:func:`combined_half_width`).
+    """
     if results.empty:
         return pd.DataFrame(columns=list(SUMMARY_COLUMNS))
     records = []
     for key, group in results.groupby(list(GROUP_COLUMNS), sort=True, dropna=False):
         s = summarize(pd.to_numeric(group["value"], errors="coerce").to_numpy())
+        ses = pd.to_numeric(group.get("test_se", pd.Series(dtype=float)), errors="coerce")
+        se = float(ses.mean()) if ses.notna().any() else math.nan
+        half = combined_half_width((s.ci95_high - s.ci95_low) / 2, se)
+        shots = pd.to_numeric(group.get("effective_shots", pd.Series(dtype=float)), "coerce")
+        n_test = pd.to_numeric(group.get("n_test", pd.Series(dtype=float)), "coerce")
         records.append(
-            (*key, s.mean, s.std, s.ci95_low, s.ci95_high, s.n_episodes)  # type: ignore[misc]
+            (
+                *key,  # type: ignore[misc]
+                s.mean,
+                s.std,
+                s.mean - half,
+                s.mean + half,
+                s.n_episodes,
+                s.ci95_low,
+                s.ci95_high,
+                se,
+                int(shots.min()) if shots.notna().any() else "",
+                int(n_test.max()) if n_test.notna().any() else "",
+            )
         )
     return pd.DataFrame.from_records(records, columns=list(SUMMARY_COLUMNS))
 
@@ -259,14 +271,17 @@ def write_results(
     """Merge rows into the workspace's CSVs (same ``run_id`` → replaced) and re-summarise.
 
     Returns the results folder. Rows need ``run_id``, ``metric`` and ``value``; other
-    contract columns that are missing are written empty.
+    contract columns that are missing are written empty. The four files are replaced
+    as one generation (see above).
     """
     folder = results_dir(workspace)
     new = _frame(rows, RESULT_COLUMNS)
-    with _locked(folder):
-        previous = _read(folder / RESULTS_FILE, RESULT_COLUMNS)
+    with locked(folder):
+        settle(folder)
+        previous = read_csv(folder / RESULTS_FILE, RESULT_COLUMNS)
         replaced = _replaced_runs(previous, new)
         merged = _merge(previous, new, replaced)
+        frames = {RESULTS_FILE: merged, SUMMARY_FILE: summarize_results(merged)}
         for extra_rows, name, columns in (
             (per_class, PER_CLASS_FILE, PER_CLASS_COLUMNS),
             (confusion, CONFUSION_FILE, CONFUSION_COLUMNS),
@@ -275,15 +290,28 @@ def write_results(
                 continue
             # Rows of a superseded run go even when the new run brings none of these.
             frame = _frame(extra_rows if extra_rows is not None else [], columns)
-            _atomic_write_csv(_merge(_read(folder / name, columns), frame, replaced), folder / name)
-        _atomic_write_csv(merged, folder / RESULTS_FILE)
-        _atomic_write_csv(summarize_results(merged), folder / SUMMARY_FILE)
+            frames[name] = _merge(read_csv(folder / name, columns), frame, replaced)
+        # per_class and confusion before results: a reader of an old-style folder sees
+        # them only with their result rows.
+        order = [PER_CLASS_FILE, CONFUSION_FILE, RESULTS_FILE, SUMMARY_FILE]
+        commit(folder, {name: frames[name] for name in order if name in frames})
     return folder
+
+
+# What a reader needs of each file; the writer adds the rest.
+REQUIRED = {
+    RESULTS_FILE: (*CONFIG_COLUMNS, "episode", "metric", "value"),
+    SUMMARY_FILE: (*GROUP_COLUMNS, "mean", "std", "n_episodes"),
+    PER_CLASS_FILE: (*CONFIG_COLUMNS, "class", "n_train", "recall"),
+    CONFUSION_FILE: (*CONFIG_COLUMNS, "true", "pred", "count"),
+}
 
 
 def read_results(workspace: Path) -> pd.DataFrame:
     """All result rows (text columns as str, ``value`` as float); empty when none yet."""
-    frame = _read(results_dir(workspace) / RESULTS_FILE, RESULT_COLUMNS)
+    folder = results_dir(workspace)
+    settled(folder)
+    frame = read_csv(folder / RESULTS_FILE, RESULT_COLUMNS, REQUIRED[RESULTS_FILE])
     for column in ("episode", "seed"):
         if column in frame.columns and not frame.empty:
             frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
@@ -291,15 +319,21 @@ def read_results(workspace: Path) -> pd.DataFrame:
 
 
 def read_summary(workspace: Path) -> pd.DataFrame:
-    return _read(results_dir(workspace) / SUMMARY_FILE, SUMMARY_COLUMNS)
+    folder = results_dir(workspace)
+    settled(folder)
+    return read_csv(folder / SUMMARY_FILE, SUMMARY_COLUMNS, REQUIRED[SUMMARY_FILE])
 
 
 def read_per_class(workspace: Path) -> pd.DataFrame:
-    return _read(results_dir(workspace) / PER_CLASS_FILE, PER_CLASS_COLUMNS)
+    folder = results_dir(workspace)
+    settled(folder)
+    return read_csv(folder / PER_CLASS_FILE, PER_CLASS_COLUMNS, REQUIRED[PER_CLASS_FILE])
 
 
 def read_confusion(workspace: Path) -> pd.DataFrame:
-    return _read(results_dir(workspace) / CONFUSION_FILE, CONFUSION_COLUMNS)
+    folder = results_dir(workspace)
+    settled(folder)
+    return read_csv(folder / CONFUSION_FILE, CONFUSION_COLUMNS, REQUIRED[CONFUSION_FILE])
 
 
 def result_rows(base: Mapping[str, Any], metrics: Mapping[str, float]) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ Rules (also in docs/protocols.md):
   but with ``val``, ``val`` is the test set (ImageNet-style ``train``/``val`` folders).
   With ``train`` only, the stratified split below is made among those images. An image
   without a split when others have one is an error: the intent is ambiguous.
-* **Stratified split** otherwise: per class, ``round(test_fraction · n)`` images are
+* **Stratified split** otherwise: per class, ``test_fraction · n`` rounded half up images are
   test, at least 1 and at most ``n − 1`` for every class with at least 2 images; a class
   with a single image keeps it for training.
 * Unlabelled images (label ``-1``) are in neither set.
@@ -23,7 +23,7 @@ Rules (also in docs/protocols.md):
   in the episode's key order, so the 1-shot set is inside the 5-shot set of the same
   episode (nested). A class with fewer than ``k`` images uses all it has; a warning
   says so and the smallest per-class count is recorded as the *effective shots*. A
-  fraction (``10%``) takes ``max(1, round(f · n))`` images per class in the same order.
+  fraction (``10%``) takes ``max(1, f · n rounded half up)`` images per class in the same order.
   ``all`` is the whole training set and has a single episode; ``0`` (label-free
   protocols) has no training images and is evaluated on the test set.
 """
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -90,6 +91,15 @@ class Shots:
         )
 
 
+def shots_sort_key(text: str) -> tuple[int, float, str]:
+    """Reading order of a shots label (``0, 1, 5, …, 1%, …, all``); unknown text goes last."""
+    try:
+        kind, value = Shots.parse(text).sort_key
+    except FeatkitError:
+        return (4, 0.0, str(text))
+    return (kind, value, "")
+
+
 def parse_shots(spec: str | Sequence[str | int]) -> tuple[Shots, ...]:
     """``"1,5,10,all"`` → sorted unique :class:`Shots`."""
     tokens = spec.split(",") if isinstance(spec, str) else list(spec)
@@ -97,6 +107,12 @@ def parse_shots(spec: str | Sequence[str | int]) -> tuple[Shots, ...]:
     if not tokens:
         raise FeatkitError("--shots: expected at least one value like 1,5,10,all, got nothing")
     return tuple(sorted({Shots.parse(t) for t in tokens}, key=lambda s: s.sort_key))
+
+
+def round_half_up(x: float) -> int:
+    """``2.5 → 3`` (Python's ``round`` gives 2: half to even); 1e-9 absorbs float error
+    such as ``0.3 · 5 = 1.4999999999999998``."""
+    return math.floor(x + 0.5 + 1e-9)
 
 
 def image_keys(paths: Sequence[str], seed: int, purpose: str) -> NDArray[np.uint64]:
@@ -167,7 +183,7 @@ def train_test_split(
     for members in _by_class(labelled, y, keys).values():
         n = members.size
         if n >= 2:
-            n_test = min(max(round(test_fraction * n), 1), n - 1)
+            n_test = min(max(round_half_up(test_fraction * n), 1), n - 1)
             test_parts.append(members[:n_test])
     test = np.sort(np.concatenate(test_parts)) if test_parts else np.empty(0, np.int64)
     return np.setdiff1d(labelled, test), test
@@ -188,7 +204,7 @@ def _take(shots: Shots, n: int) -> int:
     if shots.kind == "count":
         return min(int(shots.value), n)
     if shots.kind == "fraction":
-        return min(max(round(shots.value * n), 1), n)
+        return min(max(round_half_up(shots.value * n), 1), n)
     return n
 
 
@@ -262,19 +278,24 @@ def episodes(
     label_names: Sequence[str] | None = None,
     *,
     warn: bool = True,
+    n_splits: int = 1,
 ) -> Iterator[Episode]:
     """Every (shots, episode) draw of a data set: the one entry point for all evaluations.
 
     ``paths``/``labels``/``splits`` are per row (a store's ``paths()``, ``labels()``,
     ``splits()``); the yielded indices refer to those rows. Few-shot and fraction
     shots get ``n_episodes`` episodes (0 … n−1), ``all`` one, ``0`` ``n_episodes``
-    (label-free protocols vary their own seed per episode). Raises FeatkitError when
+    (label-free protocols vary their own seed per episode). With ``n_splits`` > 1 the
+    ``all`` draws are the folds of :func:`stratified_folds` instead (episode = fold), so
+    every labelled image is tested once. Raises FeatkitError when
     fewer than two classes have training images or ``k`` exceeds every class; logs a
     warning (unless ``warn=False``) when ``k`` exceeds some class.
     """
     shot_list = parse_shots(shots) if isinstance(shots, str) else tuple(shots)
     if n_episodes < 1:
         raise FeatkitError(f"--episodes: expected at least 1, got {n_episodes}")
+    if n_splits < 1:
+        raise FeatkitError(f"--splits: expected at least 1, got {n_splits}")
     y = _check_inputs(paths, labels, splits)
     if not np.any(y >= 0):
         raise FeatkitError("labels: expected labelled images, got none (every label is -1)")
@@ -290,6 +311,9 @@ def episodes(
     _check_shots(shot_list, per_class, label_names, warn)
     orders: dict[int, dict[int, NDArray[np.int64]]] = {}  # episode → class → rows in key order
     for s in shot_list:
+        if s.kind == "all" and n_splits > 1:
+            yield from _folds(paths, y, splits, n_splits, seed)
+            continue
         for e in range(1 if s.kind == "all" else n_episodes):
             if s.kind in ("count", "fraction") and e not in orders:
                 orders[e] = _episode_order(paths, y, train, e, seed)
@@ -298,3 +322,50 @@ def episodes(
             else:
                 chosen, effective = _select(orders.get(e, {}), s)
             yield Episode(s, e, chosen, test, effective)
+
+
+def stratified_folds(
+    paths: Sequence[str],
+    labels: ArrayLike,
+    n_splits: int,
+    seed: int = 0,
+) -> list[tuple[NDArray[np.int64], NDArray[np.int64]]]:
+    """``n_splits`` stratified folds ``(train, test)`` of the labelled images.
+
+    Within each class, images in ``test-split`` key order are dealt into ``n_splits``
+    near-equal consecutive chunks; fold ``r`` tests chunk ``r`` and trains on the rest, so
+    every labelled image of a class with at least 2 images is tested exactly once. A class
+    with one image is always in training (as in :func:`train_test_split`).
+    """
+    y = _check_inputs(paths, labels, None)
+    labelled = np.flatnonzero(y >= 0)
+    keys = image_keys(paths, seed, "test-split")
+    chunks: list[list[NDArray[np.int64]]] = [[] for _ in range(n_splits)]
+    for members in _by_class(labelled, y, keys).values():
+        if members.size >= 2:
+            for r, part in enumerate(np.array_split(members, n_splits)):
+                chunks[r].append(part)
+    folds = []
+    for parts in chunks:
+        test = np.sort(np.concatenate(parts)) if parts else np.empty(0, np.int64)
+        folds.append((np.setdiff1d(labelled, test), test))
+    return folds
+
+
+def _folds(
+    paths: Sequence[str],
+    y: NDArray[np.int64],
+    splits: Sequence[str] | None,
+    n_splits: int,
+    seed: int,
+) -> Iterator[Episode]:
+    if splits is not None and any(s for s in splits):
+        raise FeatkitError(
+            "--splits: expected data without named train/val/test splits (folds are drawn "
+            "over all labelled images), got named splits"
+        )
+    for r, (train, test) in enumerate(stratified_folds(paths, y, n_splits, seed)):
+        if test.size == 0:
+            raise FeatkitError(f"--splits {n_splits}: fold {r} has no test image; use fewer")
+        counts = np.unique(y[train], return_counts=True)[1]
+        yield Episode(Shots("all"), r, train, test, int(counts.min()))

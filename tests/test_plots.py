@@ -208,4 +208,4 @@ def test_confusion_falls_back_to_the_best_method_with_counts(tmp_path: Path) -> 
     files = write_report(workspace, shots="10")
     html = files.html.read_text()
     # finetune-lora is best at 10 shots but has no counts; tiny-a logistic is next.
-    assert "confusion of the best method at shots=10, tiny-a · logistic" in html
+    assert "method (not proven best) at shots=10, tiny-a · logistic" in html

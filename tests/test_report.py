@@ -86,21 +86,28 @@ def test_table_cells_columns_and_best(tmp_path: Path) -> None:
     assert table.columns == ["0", "1", "10", "all"]
     assert [r[2] for r in table.rows] == ["knn", "logistic", "kmeans"]
     wide = table.wide().set_index("method")
-    assert wide.loc["knn", "1"] == "60.0 ± 24.8"
-    assert wide.loc["logistic", "1"] == "70.0 ± 127.1"
+    assert wide.loc["knn", "1"] == "60.0 ± 24.8 ≈"  # ≈: tied (see the best rule)
+    assert wide.loc["logistic", "1"] == "70.0 ± 127.1 ≈"
     assert wide.loc["knn", "10"] == "83.0 ± 4.1"
     assert wide.loc["logistic", "10"] == "90.0 ± 0.0"
-    assert wide.loc["knn", "all"] == "88.0"  # one episode: no interval
+    assert wide.loc["knn", "all"] == "88.0 ≈"  # one episode, no test_se: no interval
     assert wide.loc["kmeans", "0"] == "35.0 ± 63.5"
     assert wide.loc["kmeans", "1"] == "–"
+    # No per-image outcomes here: only measured, non-overlapping intervals separate cells.
+    # 10-shot logistic 90 ± 0 (4 episodes) clears knn's 83 ± 4.1; the 1-shot intervals
+    # overlap and the single-episode `all` cells have no measured spread: ties. k-means,
+    # alone in its column, has nothing to be better than.
     best = {(r.method, r.shots) for r in table.cells.itertuples() if r.best}
-    assert best == {("kmeans", "0"), ("logistic", "1"), ("logistic", "10"), ("logistic", "all")}
+    assert best == {("logistic", "10")}
+    tied = {(r.method, r.shots) for r in table.cells.itertuples() if r.tied}
+    assert tied == {("knn", "1"), ("logistic", "1"), ("knn", "all"), ("logistic", "all")}
 
     md = table.to_markdown()
-    assert "| m | logistic | – | **70.0 ± 127.1** | **90.0 ± 0.0** | **91.0** |" in md
-    assert "| m | knn | – | 60.0 ± 24.8 |" in md
+    assert "| m | logistic | – | 70.0 ± 127.1 ≈ | **90.0 ± 0.0** | 91.0 ≈ |" in md
+    assert "| m | knn | – | 60.0 ± 24.8 ≈ |" in md
+    assert "McNemar" in md and "≈: not separable" in md
     tex = table.to_latex()
-    assert "\\textbf{91.0}" in tex and "60.0 $\\pm$ 24.8" in tex
+    assert "\\textbf{90.0 $\\pm$ 0.0}" in tex and "60.0 $\\pm$ 24.8 $\\approx$" in tex
     assert "\\begin{tabular}{llrrrr}" in tex
 
     path = tmp_path / "comparison.csv"
@@ -111,7 +118,7 @@ def test_table_cells_columns_and_best(tmp_path: Path) -> None:
     assert row["ci95_half_width"] == pytest.approx(
         100 * T_975[3] * std_of([80, 84, 82, 86]) / 200, abs=1e-3
     )
-    assert csv["best"].sum() == 4
+    assert csv["best"].sum() == 1 and csv["tied"].sum() == 4
 
 
 def std_of(values: list[float]) -> float:
@@ -134,7 +141,7 @@ def test_method_label_shows_params_and_feature_only_when_needed(tmp_path: Path) 
     ]
 
 
-def test_ties_are_all_best(tmp_path: Path) -> None:
+def test_without_a_measured_spread_the_top_cells_tie(tmp_path: Path) -> None:
     rows = (
         "d,a,cls,knn,,5,0,balanced_accuracy,0.75\n"
         "d,b,cls,knn,,5,0,balanced_accuracy,0.75\n"
@@ -144,7 +151,8 @@ def test_ties_are_all_best(tmp_path: Path) -> None:
         summarize(gather_results(write_workspace(tmp_path, rows)), "balanced_accuracy"),
         "balanced_accuracy",
     )
-    assert sorted(r.model for r in table.cells.itertuples() if r.best) == ["a", "b"]
+    assert table.best_cells() == set()
+    assert sorted(r.model for r in table.cells.itertuples() if r.tied) == ["a", "b", "c"]
 
 
 def test_summary_csv_fallback(tmp_path: Path) -> None:
@@ -190,9 +198,13 @@ def test_missing_values_are_not_episodes(tmp_path: Path) -> None:
 def test_several_datasets_get_a_column_and_their_own_best(tmp_path: Path) -> None:
     rows = (
         "a,m1,cls,knn,,5,0,balanced_accuracy,0.9\n"
-        "a,m2,cls,knn,,5,0,balanced_accuracy,0.8\n"
+        "a,m1,cls,knn,,5,1,balanced_accuracy,0.91\n"
+        "a,m2,cls,knn,,5,0,balanced_accuracy,0.5\n"
+        "a,m2,cls,knn,,5,1,balanced_accuracy,0.51\n"
         "b,m1,cls,knn,,5,0,balanced_accuracy,0.3\n"
-        "b,m2,cls,knn,,5,0,balanced_accuracy,0.4\n"
+        "b,m1,cls,knn,,5,1,balanced_accuracy,0.31\n"
+        "b,m2,cls,knn,,5,0,balanced_accuracy,0.7\n"
+        "b,m2,cls,knn,,5,1,balanced_accuracy,0.71\n"
     )
     table = comparison_table(
         summarize(gather_results(write_workspace(tmp_path, rows)), "balanced_accuracy"),

@@ -189,22 +189,45 @@ def finetune_command(
 
 
 def _print_summary(run: FinetuneRun) -> None:
+    import pandas as pd
     from rich.table import Table
 
-    from featkit.metrics import classification_metrics, summarize
+    from featkit.records import episode_records
+    from featkit.report_table import format_cell
+    from featkit.results import summarize_results
 
-    table = Table(title=f"{run.model} · {run.protocol} · {run.dataset}")
+    table = Table(
+        title=f"{run.model} · {run.protocol} · {run.dataset} "
+        "(%, mean ± 95% CI over episodes and test images)"
+    )
     for column in ("shots", "episodes", "accuracy", "balanced acc.", "macro-F1", "train s/ep"):
         table.add_column(column, justify="right")
     by_shots: dict[str, list] = {}
     for outcome in run.outcomes:
         by_shots.setdefault(outcome.shots, []).append(outcome)
     for shots, group in by_shots.items():
-        scores = [classification_metrics(o.y_true, o.y_pred) for o in group]
+        # The rows the results files hold, summarised by the one summary of featkit.
+        rows = []
+        for o in group:
+            base = {
+                "dataset": run.dataset,
+                "model": run.model,
+                "feature": "cls",
+                "protocol": run.protocol,
+                "params": run.params,
+                "shots": shots,
+                "episode": o.episode,
+                "run_id": "",
+            }
+            rows += episode_records(
+                base, o.y_train, o.y_true, o.y_pred, (), test_paths=o.test_paths
+            )[0]
+        summary = summarize_results(pd.DataFrame(rows))
         cells = []
         for metric in ("accuracy", "balanced_accuracy", "macro_f1"):
-            s = summarize([m[metric] for m in scores])
-            cells.append(f"{100 * s.mean:.1f} ± {100 * (s.ci95_high - s.mean):.1f}")
+            s = summary[summary["metric"] == metric].iloc[0]
+            mean, low, high = float(s["mean"]), float(s["ci95_low"]), float(s["ci95_high"])
+            cells.append(format_cell(mean, (high - low) / 2, int(s["n_episodes"])))
         seconds = sum(o.seconds for o in group) / len(group)
         table.add_row(shots, str(len(group)), *cells, f"{seconds:.1f}")
     out.print(table)

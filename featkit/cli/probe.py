@@ -60,9 +60,10 @@ def _label(spec: ProtocolSpec, varying: set[str]) -> str:
 
 
 def _table(summary: pd.DataFrame, specs: Sequence[ProtocolSpec], shots: list[str]) -> Any:
+    import pandas as pd
     from rich.table import Table
 
-    from featkit.report import format_cell
+    from featkit.report_table import effective_note, format_cell
 
     by_params: dict[tuple[str, str], ProtocolSpec] = {(s.name, s.params_string()): s for s in specs}
     varying: dict[str, set[str]] = {}
@@ -73,7 +74,9 @@ def _table(summary: pd.DataFrame, specs: Sequence[ProtocolSpec], shots: list[str
 
     rows = summary[summary["metric"] == "balanced_accuracy"]
     many = {c: rows[c].nunique() > 1 for c in ("dataset", "feature")}
-    table = Table(title="balanced accuracy, % (mean ± 95% CI half-width over episodes)")
+    table = Table(
+        title="balanced accuracy, % (mean ± 95% CI half-width over episodes and test images)"
+    )
     if many["dataset"]:
         table.add_column("dataset", no_wrap=True)
     table.add_column("model", no_wrap=True)
@@ -96,7 +99,9 @@ def _table(summary: pd.DataFrame, specs: Sequence[ProtocolSpec], shots: list[str
                 continue
             r = hit.iloc[0]
             half = (r["ci95_high"] - r["ci95_low"]) / 2
-            cells.append(format_cell(r["mean"], half, int(r["n_episodes"])))
+            cell = format_cell(r["mean"], half, int(r["n_episodes"]))
+            effective = pd.to_numeric(pd.Series([r.get("effective_shots")]), errors="coerce")[0]
+            cells.append(cell + effective_note(s, effective))
         front = ([dataset] if many["dataset"] else []) + [model]
         front += [feature] if many["feature"] else []
         table.add_row(*front, label, *cells)
@@ -141,6 +146,19 @@ def probe(
     ),
     kmeans_n_init: int = typer.Option(3, "--kmeans-n-init", help="kmeans: restarts."),
     workspace: Path | None = WORKSPACE_OPTION,
+    splits: int = typer.Option(
+        1,
+        "--splits",
+        help="Folds for the 'all' column: N > 1 tests every labelled image once (N-fold).",
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Recompute even when the workspace already has these results."
+    ),
+    allow_different_images: bool = typer.Option(
+        False,
+        "--allow-different-images",
+        help="Evaluate stores of one dataset even when they hold different images.",
+    ),
 ) -> None:
     """Evaluate stored features with k-NN, logistic regression, prototypes, class-balanced
     and clustering protocols; write results/*.csv and print balanced accuracy.
@@ -157,6 +175,10 @@ def probe(
       featkit probe --shots 5,all --feature cls,cls+patch_mean --episodes 20 --seed 1
 
       featkit probe --protocols balanced --balanced-beta 0.99,0.999 --balanced-tau 0,1
+
+      featkit probe --shots 5,all --splits 5   # 'all' as 5-fold: every image tested once
+
+    An unchanged rerun returns the stored results at once (--force recomputes).
     """
     from featkit.evaluate import ProbeSettings
     from featkit.evaluate import probe as run_probe
@@ -194,6 +216,7 @@ def probe(
         episodes=episodes,
         seed=seed,
         test_fraction=test_fraction,
+        splits=splits,
     )
     paths = list(stores) if stores else find_stores(ws)
     if not paths:
@@ -202,7 +225,14 @@ def probe(
             "found none"
         )
     with progress_bars() as bars:
-        result = run_probe(paths, settings, workspace=ws, progress=bars)
+        result = run_probe(
+            paths,
+            settings,
+            workspace=ws,
+            progress=bars,
+            force=force,
+            allow_different_images=allow_different_images,
+        )
     summary = summarize_results(result.results)
     order = ["0", *[str(s) for s in shot_list]]
     out.print(_table(summary, specs, list(dict.fromkeys(order))))

@@ -51,7 +51,9 @@ def report(
     """Gather every result of a workspace into tables, plots and report.html.
 
     Writes comparison.csv/.md/.tex (rows model x method, columns shots, cells
-    the metric as mean ± 95% CI in percent, best of each column marked), plots
+    the metric as mean ± 95% CI over episodes and test images in percent; a
+    cell is bold only where McNemar's test on the shared test images says it
+    beats the rest of its column, ≈ marks ties), plots
     of the metric versus shots, the confusion matrix of the best method,
     per-class recall versus class size and a PCA map of each store, and one
     self-contained report.html with everything embedded.
@@ -80,7 +82,12 @@ def _rich_table(table: ComparisonTable) -> Table:
     from rich.table import Table
     from rich.text import Text
 
-    shown = Table(title=f"{table.metric} (%, mean ± 95% CI; best of each column in bold)")
+    from featkit.report_table import BEST_RULE, INTERVAL_NOTE
+
+    shown = Table(
+        title=f"{table.metric} (%, mean ± 95% CI over episodes and test images)",
+        caption=f"{INTERVAL_NOTE} {BEST_RULE}",
+    )
     wide = table.wide()
     for column in wide.columns:
         left = column in ("dataset", "model", "method")
