@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from featkit.errors import FeatkitError
-from featkit.splits import Shots
+from featkit.splits import shots_sort_key
 
 FINETUNE_PREFIX = "finetune"
 # Far beyond the measured shots a power law says little; the answer refuses to guess there.
@@ -68,8 +68,7 @@ class Answer:
 
 def route_cost(shots: str, protocol: str) -> tuple[int, float, int]:
     """Sort key of a route: labels per class first, then probe before fine-tune."""
-    parsed = Shots.parse(shots)
-    kind_rank, amount = parsed.sort_key
+    kind_rank, amount, _ = shots_sort_key(shots)
     return (kind_rank, amount, 1 if protocol.startswith(FINETUNE_PREFIX) else 0)
 
 
@@ -81,17 +80,21 @@ def verdict(low: float, high: float, target: float) -> str:
     return FALLS_SHORT
 
 
+def _per_class(shots: str) -> str:
+    return f"{shots} label per class" if shots == "1" else f"{shots} labels per class"
+
+
 def _route_name(row: pd.Series) -> str:
     protocol = str(row["protocol"])
     shots = str(row["shots"])
     label = protocol + (f" ({row['params']})" if row.get("params") else "")
     if protocol.startswith(FINETUNE_PREFIX):
-        return f"{label} with {shots} labels per class"
+        return f"{label} with {_per_class(shots)}"
     if shots == "0":
         return f"{label} with no labels"
     if shots == "all":
         return f"{label} on the full training split"
-    return f"{label} with {shots} labels per class"
+    return f"{label} with {_per_class(shots)}"
 
 
 def fit_power_law(shots: np.ndarray, error: np.ndarray) -> tuple[float, float]:

@@ -49,7 +49,7 @@ class DataSummary:
             f"{self.dataset}: {len(self.per_class)} classes, {train} training and {test} test "
             f"images; {self.failed} failed to decode, {self.unlabelled} unlabelled.",
             f"Imbalance (largest / smallest training class): {ratio_text}.",
-            f"Smallest test class: {name} with {smallest} images.",
+            f"Smallest test class: {name} with {smallest} image{'' if smallest == 1 else 's'}.",
         ]
         return lines + self.warnings
 

@@ -19,7 +19,6 @@ from matplotlib.figure import Figure
 
 from featkit.atomic import atomic_path
 from featkit.errors import FeatkitError
-from featkit.splits import shots_sort_key
 
 DPI = 110
 # At most this many points in a PCA scatter: more only hide each other and slow the file.
@@ -38,60 +37,11 @@ def _save(fig: Figure, path: Path) -> None:
         fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png")
 
 
-def _colors(n: int) -> list[Any]:
+def palette(n: int) -> list[Any]:
     from matplotlib import colormaps
 
     cmap = colormaps["tab10" if n <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(n)]
-
-
-def plot_metric_vs_shots(summary: pd.DataFrame, metric: str, path: Path, title: str = "") -> None:
-    """Mean metric against shots, one line per model · method, with its 95 % CI band.
-
-    ``summary`` has columns model, method, shots, mean, low, high (fractions). Shots are
-    categorical positions (0, 1, 5, …, 10%, all), evenly spaced so ``all`` fits.
-    """
-    shots = sorted(set(summary["shots"]), key=shots_sort_key)
-    position = {s: i for i, s in enumerate(shots)}
-    # Colour says the method, line style and marker say the model: a reader can follow
-    # "logistic" across models, or one model across methods.
-    methods = list(dict.fromkeys(summary["method"]))
-    models = sorted(set(summary["model"]))
-    color = dict(zip(methods, _colors(len(methods)), strict=True))
-    styles = ["-", "--", ":", "-."]
-    markers = ["o", "s", "^", "D", "v", "P"]
-    # Small horizontal offsets keep models' points and error bars apart at one shot count.
-    offset = {m: 0.06 * (i - (len(models) - 1) / 2) for i, m in enumerate(models)}
-    fig = Figure(figsize=(8.5, 5.0))
-    ax = fig.add_subplot()
-    for (model, method), part in summary.groupby(["model", "method"], sort=True):
-        part = part.sort_values("shots", key=lambda c: c.map(shots_sort_key))
-        x = part["shots"].map(position).to_numpy(dtype=float) + offset[model]
-        k = models.index(model)
-        kw = {"color": color[method]}
-        ax.plot(
-            x,
-            100 * part["mean"],
-            marker=markers[k % len(markers)],
-            ls=styles[k % 4],
-            label=f"{model} · {method}",
-            lw=1.8,
-            ms=5,
-            **kw,
-        )
-        if len(x) == 1:  # a label-free method has one point: show its interval as a bar
-            ax.errorbar(
-                x, 100 * part["mean"], yerr=100 * (part["high"] - part["mean"]), capsize=4, **kw
-            )
-        else:
-            ax.fill_between(x, 100 * part["low"], 100 * part["high"], alpha=0.12, lw=0, **kw)
-    ax.set_xticks(range(len(shots)), [str(s) for s in shots])
-    ax.set_xlabel("labelled images per class (shots)")
-    ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
-    ax.set_title(f"{title}: {metric.replace('_', ' ')} vs shots (mean ± 95% CI)".lstrip(": "))
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
-    _save(fig, path)
 
 
 def _class_order(values: Sequence[str]) -> list[str]:
@@ -101,13 +51,21 @@ def _class_order(values: Sequence[str]) -> list[str]:
     return unique
 
 
-def plot_confusion(confusion: pd.DataFrame, path: Path, title: str = "") -> None:
+def plot_confusion(
+    confusion: pd.DataFrame,
+    path: Path,
+    title: str = "",
+    order: Sequence[str] | None = None,
+) -> Figure:
     """Row-normalised confusion matrix (each row is a true class; cells are recall %).
 
     ``confusion`` holds true, pred, count rows of one configuration, summed here over
-    its episodes.
+    its episodes. ``order`` lists classes top to bottom (the report passes them largest
+    first, so the imbalance reads down the rows); classes it does not name follow.
     """
-    classes = _class_order([*confusion["true"], *confusion["pred"]])
+    present = _class_order([*confusion["true"], *confusion["pred"]])
+    first = [c for c in (order or []) if c in set(present)]
+    classes = first + [c for c in present if c not in set(first)]
     index = {c: i for i, c in enumerate(classes)}
     counts = np.zeros((len(classes), len(classes)))
     for true, pred, count in zip(
@@ -144,6 +102,7 @@ def plot_confusion(confusion: pd.DataFrame, path: Path, title: str = "") -> None
                     fontsize=8,
                 )
     _save(fig, path)
+    return fig
 
 
 def plot_recall_vs_class_size(
@@ -159,7 +118,7 @@ def plot_recall_vs_class_size(
     fig = Figure(figsize=(8.5, 5.0))
     ax = fig.add_subplot()
     sizes: list[float] = []
-    for (label, rows, _), color in zip(ranked, _colors(len(ranked)), strict=True):
+    for (label, rows, _), color in zip(ranked, palette(len(ranked)), strict=True):
         per_class = rows.groupby("class").agg(
             n_train=("n_train", "mean"), recall=("recall", "mean")
         )
@@ -228,7 +187,7 @@ def plot_embedding_pca(
     classes = sorted(set(labels.tolist()))
     fig = Figure(figsize=(7.5, 6.0))
     ax = fig.add_subplot()
-    for c, color in zip(classes, _colors(len(classes)), strict=True):
+    for c, color in zip(classes, palette(len(classes)), strict=True):
         mask = labels == c
         name = label_names[c] if 0 <= c < len(label_names) else str(c)
         ax.scatter(

@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from featkit.answer import Answer, answer
 from featkit.atomic import atomic_path
+from featkit.datasummary import DataSummary, summarize_data
 from featkit.errors import FeatkitError
 from featkit.progress import SILENT, Progress
 from featkit.report_table import (  # re-exported: the report's public names
@@ -130,6 +132,8 @@ class ReportFiles:
     plots: list[Path]
     html: Path
     table: ComparisonTable
+    data: list[DataSummary]
+    answer: Answer | None = None
 
 
 def ranked_configurations(summary: pd.DataFrame, dataset: str, shots: str) -> pd.DataFrame:
@@ -158,15 +162,19 @@ def write_report(
     *,
     metric: str = "balanced_accuracy",
     shots: str | None = None,
+    target: float | None = None,
     progress: Progress = SILENT,
 ) -> ReportFiles:
     """Write comparison.csv/.md/.tex, the plots and report.html for a workspace.
 
     ``shots`` picks the shot count of the confusion matrix (default: the largest
     evaluated). Per-class recall against class size uses ``all`` when it was evaluated
-    (where imbalance shows), else the same shot count.
+    (where imbalance shows), else the same shot count. ``target`` (a fraction of the
+    metric) adds the plain-words answer: the cheapest route that reaches it, or how far
+    each model falls short (``answer.md`` and the top of the page).
     """
     from featkit import plots, report_html
+    from featkit.shots_panels import plot_shots_panels
 
     workspace = Path(workspace)
     folder = Path(out) if out is not None else report_dir(workspace)
@@ -183,7 +191,20 @@ def write_report(
 
     tables = [folder / "comparison.csv", folder / "comparison.md", folder / "comparison.tex"]
     table.to_csv(tables[0])
-    for path, text in ((tables[1], table.to_markdown()), (tables[2], table.to_latex())):
+    texts = [(tables[1], table.to_markdown()), (tables[2], table.to_latex())]
+    data = _data_summaries(stores, results.results)
+    if data:
+        tables.append(folder / "data_summary.csv")
+        frames = [d.per_class.assign(dataset=d.dataset) for d in data]
+        with atomic_path(tables[-1]) as tmp:
+            pd.concat(frames).to_csv(tmp, index=False)
+    answered = None
+    if target is not None:
+        labelled_summary = summary.assign(method=table.cells.loc[summary.index, "method"])
+        answered = answer(labelled_summary, target, metric)
+        tables.append(folder / "answer.md")
+        texts.append((tables[-1], answered.paragraph + "\n"))
+    for path, text in texts:
         with atomic_path(path) as tmp:
             tmp.write_text(text, encoding="utf-8")
     task.advance()
@@ -199,8 +220,8 @@ def write_report(
         part = summary[summary["dataset"] == dataset]
         labelled = part.assign(method=table.cells.loc[part.index, "method"])
         path = name(f"shots_{safe_name(metric)}", dataset)
-        plots.plot_metric_vs_shots(labelled, metric, path, title=dataset)
-        figures.append((f"{metric} versus shots ({dataset})", path))
+        plot_shots_panels(labelled, metric, path, title=dataset)
+        figures.append((f"{metric} versus labels per class, one panel per model ({dataset})", path))
     task.advance()
 
     for dataset in datasets:
@@ -220,7 +241,9 @@ def write_report(
         # Ranked by mean on test: say so unless the paired test marked it best.
         proven = bool(table.cells.loc[[best.name], "best"].iloc[0])
         rank = "the best method" if proven else "the highest-mean method (not proven best)"
-        plots.plot_confusion(conf, path, title=f"{dataset}: {label}, shots={chosen}")
+        sizes = next((d.per_class for d in data if d.dataset == dataset), None)
+        order = list(sizes["class"]) if sizes is not None else None  # largest class first
+        plots.plot_confusion(conf, path, title=f"{dataset}: {label}, shots={chosen}", order=order)
         figures.append((f"{dataset}: confusion of {rank} at shots={chosen}, {label}", path))
 
     if not results.per_class.empty:
@@ -259,8 +282,47 @@ def write_report(
     task.close()
 
     html = folder / "report.html"
-    report_html.write_html(html, table, figures, title=f"featkit report: {workspace}")
-    return ReportFiles(folder, tables, [p for _, p in figures], html, table)
+    report_html.write_html(
+        html,
+        table,
+        figures,
+        title=f"featkit report: {workspace}",
+        answer=answered.paragraph if answered is not None else "",
+        data=[d.lines() for d in data],
+    )
+    return ReportFiles(folder, tables, [p for _, p in figures], html, table, data, answered)
+
+
+def _data_summaries(stores: list[Path], results: pd.DataFrame) -> list[DataSummary]:
+    """Images per class in the probes' train/test split, one summary per dataset.
+
+    The split is drawn again from the store with the seed the results record, so the
+    counts are those the numbers were measured on.
+    """
+    from featkit.store import open_store
+
+    seed = 0
+    if "seed" in results.columns and len(results):
+        with contextlib.suppress(ValueError):
+            seed = int(results["seed"].iloc[0])
+    summaries: dict[str, DataSummary] = {}
+    for path in stores:
+        try:
+            with open_store(path) as store:
+                if store.dataset in summaries or not (store.labels() >= 0).any():
+                    continue
+                summaries[store.dataset] = summarize_data(
+                    store.dataset,
+                    store.paths(),
+                    store.labels(),
+                    store.label_names,
+                    store.splits(),
+                    failed=len(store.failures()),
+                    seed=seed,
+                )
+        except FeatkitError as error:  # one unreadable store must not sink the report
+            logger.warning("no data summary from %s: %s", path, error)
+    return [summaries[name] for name in sorted(summaries)]
 
 
 def _stores(workspace: Path, results: pd.DataFrame) -> list[Path]:

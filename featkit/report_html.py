@@ -27,6 +27,7 @@ th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: ta
 td.best { font-weight: bold; background: #eaf4ea; }
 figure { margin: 1.5em 0; } img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.9em; }
+div.answer { background: #f6f8fb; border-left: 4px solid #4a78b5; padding: 0.2em 1em; }
 """
 
 
@@ -67,14 +68,25 @@ def write_html(
     table: ComparisonTable,
     figures: Sequence[tuple[str, Path]],
     title: str = "featkit report",
+    answer: str = "",
+    data: Sequence[Sequence[str]] = (),
 ) -> None:
-    """Write the report page: title, table (metric in percent, mean ± 95% CI), figures."""
+    """Write the report page: the answer (when a target was given), the data summary,
+    the table (metric in percent, mean ± 95% CI), then the figures."""
     metric = html.escape(table.metric.replace("_", " "))
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
+    ]
+    if answer:
+        paragraphs = "".join(f"<p>{html.escape(p)}</p>" for p in answer.split("\n\n"))
+        parts.append(f'<h2>Answer</h2><div class="answer">{paragraphs}</div>')
+    if data:
+        items = "".join(f"<li>{html.escape(line)}</li>" for lines in data for line in lines)
+        parts.append(f"<h2>Data</h2><ul>{items}</ul>")
+    parts += [
         f"<h2>Comparison: {metric}</h2>",
         f"<p>{metric} in percent. Columns are labelled images per class (0 = no labels "
         "used, <code>all</code> = the full training split).</p>",

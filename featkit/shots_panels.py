@@ -18,8 +18,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from featkit.plots import DPI, _colors
-from featkit.splits import Shots
+from featkit.plots import DPI, palette
+from featkit.splits import shots_sort_key
 
 FINETUNE_PREFIX = "finetune"
 PANEL_COLUMNS = 3
@@ -27,7 +27,7 @@ TUNED_OFFSET = 0.12
 
 
 def _shots_order(values: pd.Series) -> list[str]:
-    return sorted({str(v) for v in values}, key=lambda s: Shots.parse(s).sort_key)
+    return sorted({str(v) for v in values}, key=shots_sort_key)
 
 
 def plot_shots_panels(summary: pd.DataFrame, metric: str, path: Path, title: str = "") -> Figure:
@@ -36,7 +36,7 @@ def plot_shots_panels(summary: pd.DataFrame, metric: str, path: Path, title: str
     position = {s: i for i, s in enumerate(shots)}
     models = sorted(set(summary["model"]))
     methods = list(dict.fromkeys(summary["method"]))
-    color = dict(zip(methods, _colors(len(methods)), strict=True))
+    color = dict(zip(methods, palette(len(methods)), strict=True))
     columns = min(PANEL_COLUMNS, len(models))
     rows = math.ceil(len(models) / columns)
     fig = Figure(figsize=(4.2 * columns + 2.2, 3.4 * rows))

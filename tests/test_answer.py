@@ -60,7 +60,7 @@ def test_the_cheapest_route_whose_interval_clears_the_target_is_named() -> None:
     assert "81.0–89.0" in result.paragraph
     by_route = dict(zip(result.routes["route"], result.routes["verdict"], strict=True))
     assert by_route["knn with 5 labels per class"] == MAY_REACH
-    assert by_route["knn with 1 labels per class"] == FALLS_SHORT
+    assert by_route["knn with 1 label per class"] == FALLS_SHORT
     # Probe before fine-tune at the same label count.
     order = list(result.routes["protocol"])
     assert order.index("logistic") < order.index("finetune-lora")

@@ -26,6 +26,7 @@ def test_report_command_writes_tables_plots_and_html(tmp_path: Path) -> None:
         "comparison.csv",
         "comparison.md",
         "comparison.tex",
+        "data_summary.csv",
         "report.html",
         "shots_balanced_accuracy.png",
         "confusion.png",
@@ -113,3 +114,40 @@ def test_attention_command_writes_maps(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "expected pixel coordinates as X,Y" in result.output
     result = runner.invoke(app, [*args[:1], str(tmp_path / "nope.png"), *args[2:]])
     assert result.exit_code == 2 and "expected an image file" in result.output
+
+
+def test_report_target_opens_with_the_answer_and_the_data(tmp_path: Path) -> None:
+    workspace = make_workspace(tmp_path / "ws")
+    result = runner.invoke(app, ["report", str(workspace), "--target", "80"])
+    assert result.exit_code == 0, result.output
+    folder = workspace / "report"
+    answer = (folder / "answer.md").read_text()
+    assert answer.startswith("Target: 80.0 % balanced_accuracy on toy.")
+    assert answer.strip() in result.stdout.replace("\n", " ") or answer.split(".")[0] in (
+        result.stdout
+    )
+    # Every claim of the answer agrees with the table's intervals.
+    table = pd.read_csv(folder / "comparison.csv", dtype={"shots": str})
+    for model in ("tiny-a", "tiny-b"):
+        rows = table[table["model"] == model]
+        if (rows["ci95_low"] >= 80).any():
+            assert f"{model} reaches it" in answer
+        elif (rows["ci95_high"] >= 80).any():
+            assert f"{model} may reach it" in answer
+        else:
+            assert f"{model} falls short" in answer
+    # The data summary counts the store's ok rows in the probes' 80/20 split:
+    # 40/20/10/5 images → test 8/4/2/1, train 32/16/8/4.
+    data = pd.read_csv(folder / "data_summary.csv")
+    assert dict(zip(data["class"], data["test"], strict=True)) == {
+        "cat": 8,
+        "dog": 4,
+        "fox": 2,
+        "owl": 1,
+    }
+    assert "toy: 4 classes, 60 training and 15 test images; 1 failed to decode" in result.stdout
+    html = (folder / "report.html").read_text()
+    assert (
+        html.index("<h2>Answer</h2>") < html.index("<h2>Data</h2>") < html.index("<h2>Comparison")
+    )
+    assert "3 classes have fewer than 5 test images" in html

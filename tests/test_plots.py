@@ -171,7 +171,12 @@ def test_report_writes_every_plot(tmp_path: Path) -> None:
     for path in files.plots:
         assert_real_png(path)
     assert files.folder == workspace / "report"
-    assert {p.name for p in files.tables} == {"comparison.csv", "comparison.md", "comparison.tex"}
+    assert {p.name for p in files.tables} == {
+        "comparison.csv",
+        "comparison.md",
+        "comparison.tex",
+        "data_summary.csv",
+    }
     # The best method at 10 shots is the LoRA fine-tune: its confusion matrix is drawn.
     summary = summarize(gather_results(workspace), "balanced_accuracy")
     at10 = summary[summary["shots"] == "10"]
@@ -189,6 +194,10 @@ def test_confusion_plot_counts_every_class(tmp_path: Path) -> None:
     path = tmp_path / "c.png"
     plots.plot_confusion(frame, path, title="numeric class ids sort as numbers")
     assert_real_png(path)
+    # Given an order (largest class first), rows follow it; unnamed classes come after.
+    fig = plots.plot_confusion(frame, path, order=["10", "2", "7"])
+    rows = [t.get_text().split(" ")[0] for t in fig.axes[0].get_yticklabels()]
+    assert rows == ["10", "2", "0", "1"]
 
 
 def test_pca_plot_needs_two_points(tmp_path: Path) -> None:

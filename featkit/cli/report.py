@@ -46,6 +46,14 @@ def report(
     out_dir: Path | None = typer.Option(
         None, "--out", "-o", help="Folder for the report (default: WORKSPACE/report)."
     ),
+    target: float | None = typer.Option(
+        None,
+        "--target",
+        "-t",
+        help="The metric you need, as a fraction (0.8) or percent (80): the report opens "
+        "with the cheapest route that reaches it, or how far each model falls short.",
+        show_default=False,
+    ),
     workspace: Path | None = WORKSPACE_OPTION,
 ) -> None:
     """Gather every result of a workspace into tables, plots and report.html.
@@ -65,15 +73,28 @@ def report(
         featkit report featkit_runs --metric macro_f1 --shots 10
 
         featkit report -w runs/ --out /tmp/report
+
+        featkit report --target 0.8      # which route reaches 80 % balanced accuracy?
     """
     from featkit.report import write_report
 
     root = workspace_arg if workspace_arg is not None else resolve_workspace(workspace)
+    fraction = target / 100 if target is not None and target > 1 else target
     with progress_bars() as progress:
         files = write_report(
-            root, out_dir, metric=metric, shots=shots.strip() if shots else None, progress=progress
+            root,
+            out_dir,
+            metric=metric,
+            shots=shots.strip() if shots else None,
+            target=fraction,
+            progress=progress,
         )
+    for summary in files.data:
+        for line in summary.lines():
+            out.print(line, highlight=False)
     out.print(_rich_table(files.table))
+    if files.answer is not None:
+        out.print(f"\n{files.answer.paragraph}\n", highlight=False)
     for path in [*files.tables, *files.plots, files.html]:
         console.print(f"wrote {path}", highlight=False)
 
