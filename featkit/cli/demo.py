@@ -36,6 +36,13 @@ def demo(
     max_per_class: int | None = typer.Option(
         None, "--max-per-class", help="Cap on the largest class (a quicker, smaller demo)."
     ),
+    target: float = typer.Option(
+        0.9,
+        "--target",
+        "-t",
+        help="Balanced accuracy to ask about (fraction or percent): the demo ends with the "
+        "cheapest route that reaches it, or how far each model falls short.",
+    ),
     workspace: Path | None = WORKSPACE_OPTION,
 ) -> None:
     """Run the whole featkit story on an imbalanced set of real handwritten digits.
@@ -65,6 +72,7 @@ def demo(
         shots=shots,
         finetune_shots=finetune_shots,
         max_per_class=max_per_class,
+        target=target / 100 if target > 1 else target,
     )
     root = resolve_workspace(workspace)
     with progress_bars() as progress:
@@ -77,6 +85,8 @@ def demo(
         console.print(f"store:   {store}", highlight=False)
     console.print(f"report:  {result.report.html}", highlight=False)
     console.print(f"tables:  {result.report.folder}/comparison.md (.csv, .tex)", highlight=False)
+    if result.report.answer is not None:
+        out.print(f"\n{result.report.answer.paragraph}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
