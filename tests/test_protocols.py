@@ -224,3 +224,25 @@ def test_balanced_adjusts_by_the_weighted_prior() -> None:
     np.testing.assert_allclose(model.decision_function(X), expected, atol=1e-6)
     with pytest.raises(FeatkitError, match="balanced base"):
         create_protocol("balanced", base="prototype").fit(X, y)
+
+
+def test_balanced_scores_c_with_the_logit_adjustment_applied() -> None:
+    """Each C's held-out score is that of fixed-C fits predicting with −τ·log π̃."""
+    X, y = _blobs([60, 25, 12], dim=4, spread=2.0, seed=5)
+    model = create_protocol("balanced", beta=0.0, tau=1.0, base_params={"n_c": 5}).fit(X, y)
+    prior = np.bincount(y) / y.size  # β = 0: no reweighting, the plain prior
+    folds = selection_folds(y)
+    expected, unadjusted = np.zeros(5), np.zeros(5)
+    for held in folds:
+        for i, c in enumerate(c_grid(5)):
+            fit = create_protocol("logistic", c=float(c)).fit(X[~held], y[~held])
+            logits = fit.decision_function(X[held])
+            adjusted = np.argmax(logits - np.log(prior), axis=1)
+            expected[i] += balanced_accuracy(y[held], adjusted) / len(folds)
+            unadjusted[i] += balanced_accuracy(y[held], logits.argmax(1)) / len(folds)
+    # At C = 1e-6 the weights are ~0 and the adjusted logits tie up to the solver's
+    # tolerance: which class wins there is rounding, so that point is not compared.
+    np.testing.assert_allclose(model.estimator_.c_scores_[1:], expected[1:], atol=0.02)
+    assert np.abs(expected - unadjusted).max() > 0.05  # the adjustment changes the choice data
+    assert model.fitted_params_["prior_ratio"] == pytest.approx(60 / 12)
+    assert model.fitted_params_["C"] == model.estimator_.C_
