@@ -2,9 +2,10 @@
 
 Every neighbour search in featkit (the k-NN protocol, retrieval, duplicates) goes
 through :class:`NeighborIndex`. Rows are L2-normalised float32 vectors, so inner
-product is cosine similarity. The index is exact (``faiss.IndexFlatIP``) by default
-and switches to an approximate inverted-file index above :data:`APPROX_ABOVE_ROWS`
-rows, where exact search of a large test split stops being "seconds".
+product is cosine similarity. The index is exact (``faiss.IndexFlatIP``, searched in
+query blocks) at every size unless an approximate kind is asked for by name: an
+approximate index changes the numbers a k-NN evaluation reports, so it is never chosen
+silently (``kind="auto"`` is kept as another name for ``"exact"``).
 
 Memory model: the index holds the database once as float32 (``N × D × 4`` bytes,
 allocated once at its final size; IVF adds 8 bytes per row for ids, and 8 more while
@@ -15,7 +16,7 @@ at a time, and the results are ``q × k``. Nothing is ever ``N × N`` or ``q × 
 
 Approximate indexes and their settings (faiss names in brackets):
 
-``ivf`` (``IndexIVFFlat``, the automatic choice)
+``ivf`` (``IndexIVFFlat``)
     k-means partitions the rows into ``nlist`` lists (default: the power of two
     nearest ``sqrt(N)``, at most ``N / 39`` so every centroid has the 39 training
     points faiss asks for); a query scans the ``nprobe`` nearest lists (default
@@ -37,7 +38,7 @@ Approximate indexes and their settings (faiss names in brackets):
 
 Example::
 
-    index = NeighborIndex().fit(train_features)          # exact below 1M rows
+    index = NeighborIndex().fit(train_features)          # exact at every size
     sims, idx = index.search(test_features, k=20)        # [q, 20] float32, int64
 """
 
@@ -54,11 +55,6 @@ from featkit.progress import SILENT, Progress
 
 IndexKind = Literal["auto", "exact", "ivf", "hnsw"]
 KINDS: tuple[str, ...] = ("auto", "exact", "ivf", "hnsw")
-
-#: ``kind="auto"`` searches exactly up to this many rows and uses ``ivf`` above it.
-#: At 1M rows × 768 dims one exact query costs ~0.8 GFLOP: 10,000 queries take about
-#: a minute on a few CPU cores, a 200k-image test split about half an hour.
-APPROX_ABOVE_ROWS = 1_000_000
 
 #: recall@20 that the default IVF settings reach on the clustered synthetic sets of
 #: the tests and the benchmark (measured values are in docs/performance.md).
@@ -81,12 +77,10 @@ class MatrixLike(Protocol):
 
 
 def resolve_kind(kind: str, n_rows: int) -> str:
-    """The index ``kind="auto"`` means for ``n_rows`` rows; other kinds are checked and kept."""
+    """The index kind used for ``n_rows`` rows: ``"auto"`` is exact at every size."""
     if kind not in KINDS:
         raise FeatkitError(f"index kind: expected one of {', '.join(KINDS)}, got {kind!r}")
-    if kind != "auto":
-        return kind
-    return "ivf" if n_rows > APPROX_ABOVE_ROWS else "exact"
+    return "exact" if kind == "auto" else kind
 
 
 def default_nlist(n_rows: int) -> int:
@@ -155,7 +149,7 @@ class NeighborIndex:
 
     def __init__(
         self,
-        kind: str = "auto",
+        kind: str = "exact",
         *,
         nlist: int | None = None,
         nprobe: int | None = None,
