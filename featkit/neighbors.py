@@ -408,6 +408,52 @@ class NeighborIndex:
         )
 
 
+def streamed_exact_search(
+    database: MatrixLike,
+    queries: MatrixLike,
+    k: int,
+    *,
+    block_rows: int = 65_536,
+    progress: Progress = SILENT,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosine top-``k`` without holding the database: ``(sims [q, k], idx [q, k])``.
+
+    The database (an array or ``h5py.Dataset`` [N, D]) is read ``block_rows`` rows at a
+    time; each block is searched with faiss's BLAS kernel (``faiss.knn``) and merged into
+    the running top-``k``. Memory is the queries, one block and ``q × k`` results,
+    whatever ``N`` is; the same neighbours as :class:`NeighborIndex` ``"exact"`` (ties
+    aside), at the cost of reading the database once per call instead of holding it.
+    """
+    import faiss
+
+    n, dim = (int(s) for s in database.shape)
+    q = normalize_rows(np.asarray(queries[:]))
+    if q.shape[1] != dim:
+        raise FeatkitError(f"queries: expected {dim} columns (the database's), got {q.shape[1]}")
+    if not 1 <= k <= n:
+        raise FeatkitError(f"k: expected an integer in [1, {n}] (the database rows), got {k}")
+    best_s = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
+    best_i = np.full((q.shape[0], k), -1, dtype=np.int64)
+    task = progress.task("search (streamed exact)", n)
+    try:
+        start = 0
+        for block in _blocks(database, block_rows):
+            x = normalize_rows(block)
+            kk = min(k, x.shape[0])
+            s, i = faiss.knn(q, x, kk, metric=faiss.METRIC_INNER_PRODUCT)
+            cand_s = np.concatenate([best_s, s], axis=1)
+            cand_i = np.concatenate([best_i, i + start], axis=1)
+            top = np.argpartition(-cand_s, k - 1, axis=1)[:, :k]
+            best_s = np.take_along_axis(cand_s, top, axis=1)
+            best_i = np.take_along_axis(cand_i, top, axis=1)
+            start += x.shape[0]
+            task.advance(x.shape[0])
+    finally:
+        task.close()
+    order = np.argsort(-best_s, axis=1, kind="stable")
+    return np.take_along_axis(best_s, order, axis=1), np.take_along_axis(best_i, order, axis=1)
+
+
 def recall_at_k(approx_idx: np.ndarray, exact_idx: np.ndarray) -> float:
     """Mean over queries of |approx top-k ∩ exact top-k| / k (both [q, k]; ``-1`` never counts).
 

@@ -224,3 +224,22 @@ def test_knn_records_its_index_and_an_approximate_index_s_recall() -> None:
     queries = x[np.linspace(0, len(x) - 1, 1000).astype(int)]
     expected = measure_recall(ivf._index, NeighborIndex("exact").fit(x), queries, k=10)
     assert params["recall_at_k"] == pytest.approx(expected)
+
+
+def test_streamed_exact_search_equals_brute_force_from_hdf5(tmp_path: Path) -> None:
+    """Bounded-memory exact search reads the store in blocks and finds the true top-k."""
+    from featkit.neighbors import streamed_exact_search
+
+    x, _ = clustered_embeddings(3000, 24, n_clusters=20, seed=7)
+    q, _ = clustered_embeddings(50, 24, n_clusters=20, seed=7, start=99)
+    with h5py.File(tmp_path / "db.h5", "w") as h5:
+        h5["x"] = x.astype(np.float16)
+    with h5py.File(tmp_path / "db.h5", "r") as h5:
+        sims, idx = streamed_exact_search(h5["x"], q, 15, block_rows=700)
+    db = h5py.File(tmp_path / "db.h5", "r")["x"][:].astype(np.float64)
+    db /= np.linalg.norm(db, axis=1, keepdims=True)
+    qq = q / np.linalg.norm(q, axis=1, keepdims=True)
+    brute = qq @ db.T
+    expected = np.sort(brute, axis=1)[:, ::-1][:, :15]
+    np.testing.assert_allclose(sims, expected, atol=1e-5)
+    np.testing.assert_allclose(np.take_along_axis(brute, idx, axis=1), expected, atol=1e-5)
