@@ -58,10 +58,11 @@ class KNN(Protocol):
 
     supports_sample_weight = True  # a neighbour's vote is multiplied by its weight
 
-    def __init__(self, k: int = 20, temperature: float = 0.07, index: str = "exact") -> None:
+    def __init__(self, k: int = 20, temperature: float = 0.07, index: str = "auto") -> None:
         self.k = k  # neighbours per query; clipped to the number of training images
         self.temperature = temperature  # T in exp(sim / T); smaller = closer neighbours count more
-        self.index = index  # NeighborIndex kind: "exact" (faiss IndexFlatIP), "ivf", "hnsw"
+        # NeighborIndex kind: "auto" = "exact" (faiss IndexFlatIP) at every size; "ivf", "hnsw"
+        self.index = index
 
     def fit(
         self, X: ArrayLike, y: ArrayLike | None = None, sample_weight: ArrayLike | None = None
