@@ -28,8 +28,10 @@ Ties go to the median of the tied grid points (:func:`pick_c`), and
 
 Why it is fast (≥5× scikit-learn fitted once per C; benchmarks/probe.py):
 
-* **warm starts along the path**: each ``C`` starts from the previous solution, so
-  the strongly regularised end converges in a few iterations and the rest in tens;
+* **warm starts along the path**: each ``C`` starts from the previous solution, and
+  the first from ``W = 0`` with the intercept at the log class prior (its optimum for
+  ``W = 0``), so the strongly regularised end converges in a few iterations and the
+  rest in tens;
 * **standardising**: centring does not change ``W`` (the unpenalised intercept absorbs
   the shift) and unit-variance columns condition the problem;
 * **exact dimension reduction when n < d**: the optimal ``W`` lies in the span of the
@@ -101,6 +103,23 @@ class _Problem:
             Zb[f, : rows.size], yb[f, : rows.size] = Z[rows], y[rows]
             wb[f, : rows.size] = w[rows] / w[rows].sum()
         return cls(Zb, yb, wb, n_classes)
+
+    def prior_start(self) -> NDArray[np.float64]:
+        """``W = 0`` and each fold's intercept at its optimum for ``W = 0`` (log prior).
+
+        The most regularised C's solution is a hair away from this point; from all zeros
+        its intercept alone took ~100 L-BFGS iterations against a penalty 1e3-1e6 times
+        stiffer, a quarter of the whole path.
+        """
+        F, _, r = self.Z.shape
+        k = self.n_classes
+        prior = np.zeros((F, k))
+        for f in range(F):
+            prior[f] = np.bincount(self.y[f], weights=self.weights[f], minlength=k)
+        log_prior = np.log(np.maximum(prior, 1e-12))
+        theta = np.zeros((F, r + 1, k))
+        theta[:, r] = log_prior - log_prior.mean(axis=1, keepdims=True)
+        return theta.ravel()
 
     @property
     def size(self) -> int:
@@ -356,8 +375,8 @@ class Logistic(Protocol):
         weight_sums = np.array([w[mask].sum() for mask in fit_masks])
         shift = np.zeros(counts.size) if offsets is None else offsets
         scores = np.zeros(len(grid))
-        theta = np.zeros(problem.size)
-        thetas = []
+        theta = problem.prior_start()
+        thetas: list[NDArray[np.float64]] = []
         for i, c in enumerate(grid):  # small to large C: each start is close to its optimum
             theta = _minimize(problem, 1.0 / (c * weight_sums), theta, self.max_iter, self.tol)
             for f, mask in enumerate(held_out):
