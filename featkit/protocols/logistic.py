@@ -6,10 +6,13 @@ The objective is scikit-learn's (and DINOv2/v3 ``eval/log_regression.py``'s)::
 
 (the intercept ``b`` is not penalised; ``sᵢ`` are sample weights, 1 by default),
 solved with L-BFGS, where ``zᵢ`` are the features **standardised with the training
-statistics** (centred, each column divided by its training standard deviation;
-``standardize=False`` keeps the raw features, the official setting). Without it the
-meaning of ``C`` depends on the features' scale: features that vary by 1e-4 make every
-C of the official grid a near-zero model and the probe sits at chance.
+statistics**: centred with the training mean and divided by one number, the root mean
+square of the centred training features (``standardize=False`` keeps the raw features,
+the official setting). Without it the meaning of ``C`` depends on the features' scale:
+features that vary by 1e-4 make every C of the official grid a near-zero model and the
+probe sits at chance. One scale for all columns keeps the features' geometry; dividing
+each column by its own deviation would blow up columns that barely vary (on digits
+pixels that cost 0.5-1.5 points).
 
 ``C`` is chosen on the official grid ``10^linspace(-6, 5, 45)`` inside the training
 data only, by balanced accuracy:
@@ -302,7 +305,11 @@ class Logistic(Protocol):
             return self._fit(features, labels, weights, offsets)
 
     def _standardised(self, features: NDArray[np.float32]) -> NDArray[np.float32]:
-        """Centred (and, with ``standardize``, unit-variance) training features; sets the stats."""
+        """Centred training features, with ``standardize`` divided by their RMS; sets the stats.
+
+        ``scale_`` is per column (all equal here) so that ``coef_`` folds it back the same
+        way whatever the scaling rule.
+        """
         self.mean_ = features.mean(axis=0, dtype=np.float64).astype(np.float32)
         centred = features - self.mean_
         scale = np.ones(features.shape[1], np.float32)
