@@ -11,8 +11,8 @@ square of the centred training features (``standardize=False`` keeps the raw fea
 the official setting). Without it the meaning of ``C`` depends on the features' scale:
 features that vary by 1e-4 make every C of the official grid a near-zero model and the
 probe sits at chance. One scale for all columns keeps the features' geometry; dividing
-each column by its own deviation would blow up columns that barely vary (on digits
-pixels that cost 0.5-1.5 points).
+each column by its own deviation would blow up columns that barely vary (rare pixels,
+near-constant dimensions).
 
 ``C`` is chosen on the official grid ``10^linspace(-6, 5, 45)`` inside the training
 data only, by balanced accuracy:
