@@ -29,7 +29,8 @@ data only, by balanced accuracy:
 Ties go to the median of the tied grid points (:func:`pick_c`), and
 ``fitted_params_`` records the chosen C with a warning when it is an end of the grid.
 
-Why it is fast (≥5× scikit-learn fitted once per C; benchmarks/probe.py):
+What makes it fast (measured against scikit-learn fitted once per C by
+benchmarks/probe.py; docs/performance.md):
 
 * **warm starts along the path**: each ``C`` starts from the previous solution, and
   the first from ``W = 0`` with the intercept at the log class prior (its optimum for
