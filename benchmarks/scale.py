@@ -14,8 +14,11 @@ the split is correct; the speed-up comes with more cores, GPUs or nodes.
 (:func:`featkit.neighbors.clustered_embeddings`, 1000 classes) in blocks, then runs a
 k-NN evaluation — the last ``queries`` rows against all the others, weighted votes
 ``exp(sim / 0.07)`` of the top ``k`` — once with exact search and once with the IVF
-index, each in a fresh process so that its peak RSS is its own, and reports the IVF
-index's recall@k against exact search.
+index, with :func:`featkit.neighbors.streamed_exact_search` (exact, the database read
+block by block, never held) and with plain faiss (the rows loaded into an
+``IndexFlatIP``, one ``search`` call: the baseline), each in a fresh process so that
+its peak RSS is its own. Reports rows/s, queries/s and peak RSS, and for each mode the
+ratio to plain faiss and the recall@k of its neighbours against faiss's.
 """
 
 from __future__ import annotations
@@ -161,7 +164,7 @@ def knn_child(args: argparse.Namespace) -> None:
     import faiss
     import h5py
 
-    from featkit.neighbors import NeighborIndex
+    from featkit.neighbors import NeighborIndex, streamed_exact_search
     from featkit.protocols.knn import weighted_votes
 
     if args.threads:
@@ -173,10 +176,25 @@ def knn_child(args: argparse.Namespace) -> None:
         train = RowRange(cls, 0, n - args.queries)
         queries = RowRange(cls, n - args.queries, n)
         started = time.perf_counter()
-        index = NeighborIndex(args.mode).fit(train)
-        timings["build_s"] = time.perf_counter() - started
-        started = time.perf_counter()
-        sims, idx = index.search(queries, args.k)
+        index: Any = None
+        if args.mode == "faiss":  # the baseline: everything in memory, one search call
+            database = np.asarray(train[0 : train.shape[0]], dtype=np.float32)
+            faiss.normalize_L2(database)
+            flat = faiss.IndexFlatIP(database.shape[1])
+            flat.add(database)
+            timings["build_s"] = time.perf_counter() - started
+            started = time.perf_counter()
+            q = np.asarray(queries[0 : queries.shape[0]], dtype=np.float32)
+            faiss.normalize_L2(q)
+            sims, idx = flat.search(q, args.k)
+        elif args.mode == "streamed":  # exact, the database read block by block
+            timings["build_s"] = 0.0
+            sims, idx = streamed_exact_search(train, queries, args.k)
+        else:
+            index = NeighborIndex(args.mode).fit(train)
+            timings["build_s"] = time.perf_counter() - started
+            started = time.perf_counter()
+            sims, idx = index.search(queries, args.k)
         timings["search_s"] = time.perf_counter() - started
     started = time.perf_counter()
     train_labels, test_labels = labels[: n - args.queries], labels[n - args.queries :]
@@ -189,12 +207,16 @@ def knn_child(args: argparse.Namespace) -> None:
     np.save(args.idx_out, idx)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     extra = {"nlist": index.nlist_, "nprobe": index.nprobe_} if args.mode == "ivf" else {}
+    extra["resident_database"] = args.mode in ("faiss", "exact", "ivf")
+    total = sum(timings.values())
     print(
         json.dumps(
             {
                 "mode": args.mode,
                 **{k: round(v, 2) for k, v in timings.items()},
-                "total_s": round(sum(timings.values()), 2),
+                "total_s": round(total, 2),
+                "database_rows_per_s": round((n - args.queries) / max(total, 1e-9)),
+                "queries_per_s": round(args.queries / max(timings["search_s"], 1e-9), 1),
                 "peak_rss_gib": round(peak_rss / 2**30, 3),
                 "knn_accuracy": round(accuracy, 4),
                 **extra,
@@ -221,7 +243,7 @@ def bench_knn(args: argparse.Namespace) -> dict[str, Any]:
             "write_s": round(write_s, 1),
             "database_float32_gib": round(features_gib, 3),
         }
-        for mode in ("exact", "ivf"):
+        for mode in args.modes.split(","):
             command = [
                 sys.executable,
                 str(Path(__file__).resolve()),
@@ -243,12 +265,19 @@ def bench_knn(args: argparse.Namespace) -> dict[str, Any]:
             if done.returncode != 0:
                 raise SystemExit(f"{mode} run failed:\n{done.stdout}\n{done.stderr}")
             result[mode] = json.loads(done.stdout.strip().splitlines()[-1])
-        result[f"ivf_recall_at_{args.k}"] = round(
-            recall_at_k(np.load(work / "ivf.npy"), np.load(work / "exact.npy")), 4
-        )
-        result["ivf_speedup_vs_exact"] = round(
-            result["exact"]["total_s"] / max(result["ivf"]["total_s"], 1e-9), 2
-        )
+        reference = "faiss" if "faiss" in result else "exact"
+        for mode in args.modes.split(","):
+            if mode == reference:
+                continue
+            neighbours = np.load(work / f"{mode}.npy")
+            same = recall_at_k(neighbours, np.load(work / f"{reference}.npy"))
+            result[mode][f"recall_at_{args.k}_vs_{reference}"] = round(same, 4)
+            result[mode][f"speed_vs_{reference}"] = round(
+                result[reference]["total_s"] / max(result[mode]["total_s"], 1e-9), 2
+            )
+            result[mode][f"peak_rss_vs_{reference}"] = round(
+                result[mode]["peak_rss_gib"] / result[reference]["peak_rss_gib"], 2
+            )
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -270,9 +299,15 @@ def main() -> None:
     knn.add_argument("--k", type=int, default=20)
     knn.add_argument("--threads", type=int, default=0, help="faiss threads (0: its default)")
     knn.add_argument("--tmp", default=None, help="folder for the synthetic store")
+    knn.add_argument(
+        "--modes",
+        default="faiss,exact,streamed,ivf",
+        help="faiss (plain IndexFlatIP, all in memory: the baseline), exact (NeighborIndex), "
+        "streamed (streamed_exact_search), ivf",
+    )
     child = sub.add_parser("_knn-child")
     child.add_argument("--store", required=True)
-    child.add_argument("--mode", choices=("exact", "ivf"), required=True)
+    child.add_argument("--mode", choices=("faiss", "exact", "streamed", "ivf"), required=True)
     child.add_argument("--queries", type=int, required=True)
     child.add_argument("--k", type=int, required=True)
     child.add_argument("--threads", type=int, default=0)

@@ -2,9 +2,10 @@
 
 Every neighbour search in featkit (the k-NN protocol, retrieval, duplicates) goes
 through :class:`NeighborIndex`. Rows are L2-normalised float32 vectors, so inner
-product is cosine similarity. The index is exact (``faiss.IndexFlatIP``) by default
-and switches to an approximate inverted-file index above :data:`APPROX_ABOVE_ROWS`
-rows, where exact search of a large test split stops being "seconds".
+product is cosine similarity. The index is exact (``faiss.IndexFlatIP``, searched in
+query blocks) at every size unless an approximate kind is asked for by name: an
+approximate index changes the numbers a k-NN evaluation reports, so it is never chosen
+silently (``kind="auto"`` is kept as another name for ``"exact"``).
 
 Memory model: the index holds the database once as float32 (``N × D × 4`` bytes,
 allocated once at its final size; IVF adds 8 bytes per row for ids, and 8 more while
@@ -15,7 +16,7 @@ at a time, and the results are ``q × k``. Nothing is ever ``N × N`` or ``q × 
 
 Approximate indexes and their settings (faiss names in brackets):
 
-``ivf`` (``IndexIVFFlat``, the automatic choice)
+``ivf`` (``IndexIVFFlat``)
     k-means partitions the rows into ``nlist`` lists (default: the power of two
     nearest ``sqrt(N)``, at most ``N / 39`` so every centroid has the 39 training
     points faiss asks for); a query scans the ``nprobe`` nearest lists (default
@@ -37,7 +38,7 @@ Approximate indexes and their settings (faiss names in brackets):
 
 Example::
 
-    index = NeighborIndex().fit(train_features)          # exact below 1M rows
+    index = NeighborIndex().fit(train_features)          # exact at every size
     sims, idx = index.search(test_features, k=20)        # [q, 20] float32, int64
 """
 
@@ -54,11 +55,6 @@ from featkit.progress import SILENT, Progress
 
 IndexKind = Literal["auto", "exact", "ivf", "hnsw"]
 KINDS: tuple[str, ...] = ("auto", "exact", "ivf", "hnsw")
-
-#: ``kind="auto"`` searches exactly up to this many rows and uses ``ivf`` above it.
-#: At 1M rows × 768 dims one exact query costs ~0.8 GFLOP: 10,000 queries take about
-#: a minute on a few CPU cores, a 200k-image test split about half an hour.
-APPROX_ABOVE_ROWS = 1_000_000
 
 #: recall@20 that the default IVF settings reach on the clustered synthetic sets of
 #: the tests and the benchmark (measured values are in docs/performance.md).
@@ -81,12 +77,10 @@ class MatrixLike(Protocol):
 
 
 def resolve_kind(kind: str, n_rows: int) -> str:
-    """The index ``kind="auto"`` means for ``n_rows`` rows; other kinds are checked and kept."""
+    """The index kind used for ``n_rows`` rows: ``"auto"`` is exact at every size."""
     if kind not in KINDS:
         raise FeatkitError(f"index kind: expected one of {', '.join(KINDS)}, got {kind!r}")
-    if kind != "auto":
-        return kind
-    return "ivf" if n_rows > APPROX_ABOVE_ROWS else "exact"
+    return "exact" if kind == "auto" else kind
 
 
 def default_nlist(n_rows: int) -> int:
@@ -155,7 +149,7 @@ class NeighborIndex:
 
     def __init__(
         self,
-        kind: str = "auto",
+        kind: str = "exact",
         *,
         nlist: int | None = None,
         nprobe: int | None = None,
@@ -412,6 +406,52 @@ class NeighborIndex:
             np.take_along_axis(cand_s[:, :k], order, axis=1),
             np.take_along_axis(cand_i[:, :k], order, axis=1),
         )
+
+
+def streamed_exact_search(
+    database: MatrixLike,
+    queries: MatrixLike,
+    k: int,
+    *,
+    block_rows: int = 65_536,
+    progress: Progress = SILENT,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosine top-``k`` without holding the database: ``(sims [q, k], idx [q, k])``.
+
+    The database (an array or ``h5py.Dataset`` [N, D]) is read ``block_rows`` rows at a
+    time; each block is searched with faiss's BLAS kernel (``faiss.knn``) and merged into
+    the running top-``k``. Memory is the queries, one block and ``q × k`` results,
+    whatever ``N`` is; the same neighbours as :class:`NeighborIndex` ``"exact"`` (ties
+    aside), at the cost of reading the database once per call instead of holding it.
+    """
+    import faiss
+
+    n, dim = (int(s) for s in database.shape)
+    q = normalize_rows(np.asarray(queries[:]))
+    if q.shape[1] != dim:
+        raise FeatkitError(f"queries: expected {dim} columns (the database's), got {q.shape[1]}")
+    if not 1 <= k <= n:
+        raise FeatkitError(f"k: expected an integer in [1, {n}] (the database rows), got {k}")
+    best_s = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
+    best_i = np.full((q.shape[0], k), -1, dtype=np.int64)
+    task = progress.task("search (streamed exact)", n)
+    try:
+        start = 0
+        for block in _blocks(database, block_rows):
+            x = normalize_rows(block)
+            kk = min(k, x.shape[0])
+            s, i = faiss.knn(q, x, kk, metric=faiss.METRIC_INNER_PRODUCT)
+            cand_s = np.concatenate([best_s, s], axis=1)
+            cand_i = np.concatenate([best_i, i + start], axis=1)
+            top = np.argpartition(-cand_s, k - 1, axis=1)[:, :k]
+            best_s = np.take_along_axis(cand_s, top, axis=1)
+            best_i = np.take_along_axis(cand_i, top, axis=1)
+            start += x.shape[0]
+            task.advance(x.shape[0])
+    finally:
+        task.close()
+    order = np.argsort(-best_s, axis=1, kind="stable")
+    return np.take_along_axis(best_s, order, axis=1), np.take_along_axis(best_i, order, axis=1)
 
 
 def recall_at_k(approx_idx: np.ndarray, exact_idx: np.ndarray) -> float:

@@ -6,6 +6,10 @@ normalisation, so cosine k-NN compares raw intensities) of the image resized and
 centre-cropped to ``image_size`` (default 32 px), flattened channel-first: ``D =
 3 * image_size**2``.
 
+``pixels-grey`` keeps one channel, the mean of R, G and B (for a grey image, whose
+three channels are equal, exactly its grey value): ``D = image_size**2``, a third of
+the width and of the store for the same information on grey data (digits, X-rays).
+
 To fit the :class:`~featkit.backbones.Backbone` contract the whole image is one
 "patch": ``patch_size == image_size``, the grid is 1x1, and CLS, the single patch and
 therefore the patch mean are all the same vector. There are no weights: ``weights`` is
@@ -25,13 +29,18 @@ from featkit.backbones import Backbone, Preprocessing, register_backbone
 from featkit.errors import FeatkitError
 
 NAME = "pixels"
+GREY_NAME = "pixels-grey"
 DEFAULT_IMAGE_SIZE = 32
 
 
 class PixelsBackbone(Backbone):
     """Raw pixels; tokens are ``[B, 2, 3*s*s]``: CLS and the one patch, both the image."""
 
+    channels: int = 3  # 1: the mean of the RGB channels (pixels-grey)
+
     def tokens(self, images: Tensor) -> Tensor:
+        if self.channels == 1:
+            images = images.mean(dim=1, keepdim=True)
         flat = images.flatten(1)
         return torch.stack([flat, flat], dim=1)
 
@@ -63,11 +72,12 @@ def create_pixels(
     model = nn.Identity()
     if device is not None:
         model = model.to(device)
-    return PixelsBackbone(
+    channels = 1 if name == GREY_NAME else 3
+    backbone = PixelsBackbone(
         name=name,
         model=model,
         patch_size=size,
-        embed_dim=3 * size * size,
+        embed_dim=channels * size * size,
         num_registers=0,
         preprocessing=Preprocessing(
             resize=size,
@@ -79,3 +89,11 @@ def create_pixels(
         weights_sha256=None,
         lora_targets=(),
     )
+    backbone.channels = channels
+    return backbone
+
+
+@register_backbone(GREY_NAME)
+def create_pixels_grey(name: str = GREY_NAME, **settings: Any) -> Backbone:
+    """One channel (the RGB mean) at ``image_size`` px: ``D = image_size**2``."""
+    return create_pixels(name, **settings)

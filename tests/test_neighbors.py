@@ -11,10 +11,8 @@ import h5py
 import numpy as np
 import pytest
 
-from featkit import neighbors
 from featkit.errors import FeatkitError
 from featkit.neighbors import (
-    APPROX_ABOVE_ROWS,
     DOCUMENTED_IVF_RECALL,
     NeighborIndex,
     clustered_embeddings,
@@ -148,14 +146,14 @@ def test_hnsw_recall(clustered: tuple[np.ndarray, np.ndarray, NeighborIndex]) ->
     assert hnsw.kind_ == "hnsw" and exact.kind_ == "exact"
 
 
-def test_auto_switches_above_the_documented_size(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert resolve_kind("auto", APPROX_ABOVE_ROWS) == "exact"
-    assert resolve_kind("auto", APPROX_ABOVE_ROWS + 1) == "ivf"
+def test_exact_at_every_size_unless_an_approximate_index_is_named() -> None:
+    """Issue 11.6: ``auto`` (and the default) never becomes IVF, however many rows."""
+    assert resolve_kind("auto", 10**9) == "exact"
     assert resolve_kind("hnsw", 10) == "hnsw"
-    monkeypatch.setattr(neighbors, "APPROX_ABOVE_ROWS", 1000)
+    assert NeighborIndex().kind == "exact"
     x, _ = clustered_embeddings(2000, 8, n_clusters=10)
-    assert NeighborIndex().fit(x).kind_ == "ivf"
-    assert NeighborIndex().fit(x[:1000]).kind_ == "exact"
+    assert NeighborIndex("auto").fit(x).kind_ == "exact"
+    assert NeighborIndex("ivf", nlist=16).fit(x).kind_ == "ivf"
 
 
 def test_default_nlist_keeps_39_training_points_per_list() -> None:
@@ -210,3 +208,38 @@ def test_no_faiss_warning_for_small_sets(capfd: pytest.CaptureFixture[str]) -> N
     NeighborIndex("ivf").fit(x)
     assert "WARNING" not in capfd.readouterr().err
     assert faiss.IndexFlatIP  # faiss imported: the warning would have come from it
+
+
+def test_knn_records_its_index_and_an_approximate_index_s_recall() -> None:
+    """The k-NN protocol is exact by default and says so; IVF reports what it missed."""
+    from featkit.protocols import create_protocol
+
+    x, y = clustered_embeddings(3000, 16, n_clusters=30, seed=3)
+    exact = create_protocol("knn", k=10).fit(x, y)
+    assert exact.fitted_params_ == {"index_kind": "exact", "k_used": 10}  # default "auto"
+    ivf = create_protocol("knn", k=10, index="ivf").fit(x, y)
+    params = ivf.fitted_params_
+    assert params["index_kind"] == "ivf" and 0.0 < params["recall_at_k"] <= 1.0
+    # the recorded recall is the one measure_recall gives on the same query rows
+    queries = x[np.linspace(0, len(x) - 1, 1000).astype(int)]
+    expected = measure_recall(ivf._index, NeighborIndex("exact").fit(x), queries, k=10)
+    assert params["recall_at_k"] == pytest.approx(expected)
+
+
+def test_streamed_exact_search_equals_brute_force_from_hdf5(tmp_path: Path) -> None:
+    """Bounded-memory exact search reads the store in blocks and finds the true top-k."""
+    from featkit.neighbors import streamed_exact_search
+
+    x, _ = clustered_embeddings(3000, 24, n_clusters=20, seed=7)
+    q, _ = clustered_embeddings(50, 24, n_clusters=20, seed=7, start=99)
+    with h5py.File(tmp_path / "db.h5", "w") as h5:
+        h5["x"] = x.astype(np.float16)
+    with h5py.File(tmp_path / "db.h5", "r") as h5:
+        sims, idx = streamed_exact_search(h5["x"], q, 15, block_rows=700)
+    db = h5py.File(tmp_path / "db.h5", "r")["x"][:].astype(np.float64)
+    db /= np.linalg.norm(db, axis=1, keepdims=True)
+    qq = q / np.linalg.norm(q, axis=1, keepdims=True)
+    brute = qq @ db.T
+    expected = np.sort(brute, axis=1)[:, ::-1][:, :15]
+    np.testing.assert_allclose(sims, expected, atol=1e-5)
+    np.testing.assert_allclose(np.take_along_axis(brute, idx, axis=1), expected, atol=1e-5)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import normalized_mutual_info_score
+from threadpoolctl import threadpool_limits
 
 from featkit import imbalance
 from featkit.errors import FeatkitError
@@ -81,7 +82,8 @@ def test_knn_sample_weights_multiply_votes() -> None:
 def test_logistic_equals_sklearn_at_a_fixed_c(C: float, n: int, dim: int) -> None:
     """Same objective and optimum as scikit-learn (n < d exercises the exact projection)."""
     X, y = _blobs([n // 3] * 3, dim=dim, spread=2.0)
-    ours = create_protocol("logistic", c=C, max_iter=2000, tol=1e-7).fit(X, y)
+    ours = create_protocol("logistic", c=C, max_iter=2000, tol=1e-7, standardize=False)
+    ours.fit(X, y)
     ref = LogisticRegression(C=C, max_iter=5000, tol=1e-10).fit(X.astype(np.float64), y)
     probe = _blobs([20, 20, 20], dim=dim, spread=2.5, noise_seed=1)[0]
     np.testing.assert_allclose(ours.predict_proba(probe), ref.predict_proba(probe), atol=2e-3)
@@ -90,15 +92,17 @@ def test_logistic_equals_sklearn_at_a_fixed_c(C: float, n: int, dim: int) -> Non
 
 
 def test_logistic_selection_rules_follow_the_class_sizes() -> None:
-    X, y = _blobs([30, 12], dim=5, spread=1.0)
+    X, y = _blobs([60, 50], dim=5, spread=1.0)
     model = create_protocol("logistic", n_c=7).fit(X, y)
     assert model.selection_ == "holdout" and model.C_ in c_grid(7)
     assert model.c_scores_.shape == (7,)
+    small = np.concatenate([np.flatnonzero(y == 0)[:12], np.flatnonzero(y == 1)[:20]])
+    assert create_protocol("logistic", n_c=7).fit(X[small], y[small]).selection_ == "5-fold"
     small = np.concatenate([np.flatnonzero(y == 0)[:4], np.flatnonzero(y == 1)[:3]])
     model = create_protocol("logistic", n_c=7).fit(X[small], y[small])
     assert model.selection_ == "3-fold"  # smallest class has 3 images
     one = np.concatenate([np.flatnonzero(y == 0)[:1], np.flatnonzero(y == 1)[:1]])
-    model = create_protocol("logistic", fallback_c=2.0).fit(X[one], y[one])
+    model = create_protocol("logistic", fallback_c=2.0, standardize=False).fit(X[one], y[one])
     centred = X[one] - X[one].mean(axis=0)
     assert model.selection_ == "fallback"
     expected = 2.0 / np.mean(np.sum(centred.astype(np.float64) ** 2, axis=1))
@@ -106,24 +110,28 @@ def test_logistic_selection_rules_follow_the_class_sizes() -> None:
 
 
 def test_selection_folds_hold_out_within_classes() -> None:
-    y = np.repeat([0, 1, 2], [40, 20, 10])
+    y = np.repeat([0, 1, 2], [400, 200, 60])
     (mask,) = selection_folds(y)
-    assert np.bincount(y[mask]).tolist() == [4, 2, 1]
+    assert np.bincount(y[mask]).tolist() == [40, 20, 6]
     folds = selection_folds(np.repeat([0, 1], [6, 3]))
     assert len(folds) == 3
-    assert all(np.bincount(np.repeat([0, 1], [6, 3])[m]).tolist() == [1, 1] for m in folds)
-    assert not np.any(np.sum(folds, axis=0) > 1)  # each image is held out at most once
+    assert all(np.bincount(np.repeat([0, 1], [6, 3])[m]).tolist() == [2, 1] for m in folds)
+    assert np.array_equal(np.sum(folds, axis=0), np.ones(9))  # each image held out once
 
 
-def test_logistic_picks_the_c_scikit_learn_picks_on_the_same_holdout() -> None:
-    """The warm-started path selects like independent per-C fits on a clear problem."""
-    X, y = _blobs([40, 30, 20], dim=10, spread=2.5)
-    ours = create_protocol("logistic", n_c=9, max_iter=1000, tol=1e-6).fit(X, y)
-    (held,) = selection_folds(y)
-    scores = []
-    for c in c_grid(9):
-        ref = LogisticRegression(C=c, max_iter=5000, tol=1e-10).fit(X[~held], y[~held])
-        scores.append(balanced_accuracy(y[held], ref.predict(X[held])))
+@pytest.mark.parametrize("sizes", [[40, 30, 20], [120, 90, 60]])
+def test_logistic_picks_the_c_scikit_learn_picks_on_the_same_folds(sizes: list[int]) -> None:
+    """The warm-started path scores every C like independent per-C fits (CV and hold-out)."""
+    X, y = _blobs(sizes, dim=10, spread=2.5)
+    ours = create_protocol("logistic", n_c=9, max_iter=1000, tol=1e-6, standardize=False)
+    ours.fit(X, y)
+    folds = selection_folds(y)
+    scores = np.zeros(9)
+    with threadpool_limits(1):  # 45 tiny fits: threads only spin on a shared machine
+        for held in folds:
+            for i, c in enumerate(c_grid(9)):
+                ref = LogisticRegression(C=c, max_iter=1000, tol=1e-8).fit(X[~held], y[~held])
+                scores[i] += balanced_accuracy(y[held], ref.predict(X[held])) / len(folds)
     np.testing.assert_allclose(ours.c_scores_, scores, atol=1e-9)
 
 
@@ -216,3 +224,25 @@ def test_balanced_adjusts_by_the_weighted_prior() -> None:
     np.testing.assert_allclose(model.decision_function(X), expected, atol=1e-6)
     with pytest.raises(FeatkitError, match="balanced base"):
         create_protocol("balanced", base="prototype").fit(X, y)
+
+
+def test_balanced_scores_c_with_the_logit_adjustment_applied() -> None:
+    """Each C's held-out score is that of fixed-C fits predicting with −τ·log π̃."""
+    X, y = _blobs([60, 25, 12], dim=4, spread=2.0, seed=5)
+    model = create_protocol("balanced", beta=0.0, tau=1.0, base_params={"n_c": 5}).fit(X, y)
+    prior = np.bincount(y) / y.size  # β = 0: no reweighting, the plain prior
+    folds = selection_folds(y)
+    expected, unadjusted = np.zeros(5), np.zeros(5)
+    for held in folds:
+        for i, c in enumerate(c_grid(5)):
+            fit = create_protocol("logistic", c=float(c)).fit(X[~held], y[~held])
+            logits = fit.decision_function(X[held])
+            adjusted = np.argmax(logits - np.log(prior), axis=1)
+            expected[i] += balanced_accuracy(y[held], adjusted) / len(folds)
+            unadjusted[i] += balanced_accuracy(y[held], logits.argmax(1)) / len(folds)
+    # At C = 1e-6 the weights are ~0 and the adjusted logits tie up to the solver's
+    # tolerance: which class wins there is rounding, so that point is not compared.
+    np.testing.assert_allclose(model.estimator_.c_scores_[1:], expected[1:], atol=0.02)
+    assert np.abs(expected - unadjusted).max() > 0.05  # the adjustment changes the choice data
+    assert model.fitted_params_["prior_ratio"] == pytest.approx(60 / 12)
+    assert model.fitted_params_["C"] == model.estimator_.C_

@@ -4,10 +4,17 @@ Training: every image is weighted by its class's class-balanced weight ``∝ 1/E
 (Cui et al. 2019, ``E_n = (1 − βⁿ)/(1 − β)``), passed to the wrapped protocol as
 ``sample_weight``. Prediction: post-hoc logit adjustment (Menon et al. 2021),
 ``argmax_y f_y(x) − τ·log π̃_y``, where ``π̃`` is the class prior the wrapped model
-actually saw, i.e. the *weighted* training prior ``π̃_y ∝ n_y·w_y``. With ``β = 0``
-(no reweighting) this is Menon's rule with the plain prior; with ``β → 1`` the
-weighted prior is uniform and only the reweighting acts. Adjusting by the plain prior
-after reweighting would correct the imbalance twice.
+actually saw, the *weighted* training prior ``π̃_y ∝ n_y·w_y``. With ``β = 0`` (no
+reweighting) this is Menon's rule with the plain prior; with ``β → 1`` the weighted
+prior is uniform and only the reweighting acts. Adjusting by the plain prior after
+reweighting would correct the imbalance twice. A base that chooses a setting on
+held-out data (``logistic``'s C) scores it with the adjustment applied.
+
+What the defaults (``β = 0.999``, ``τ = 1``) do: a class of ``n`` images weighs
+``1/E_n``, close to ``1/n`` while ``n ≪ 1/(1 − β) = 1000``, so the weighted prior is
+nearly uniform and the adjustment nearly inert (classes of 300 and 10 images: prior
+ratio 1.15, a shift of 0.14 in the logits); the correction is the reweighting. At few
+shots every class has the same count and ``balanced`` equals its base.
 
 The wrapped protocol must accept ``sample_weight`` and expose logits through
 ``decision_function`` (``logistic``, ``knn``).
@@ -15,13 +22,20 @@ The wrapped protocol must accept ``sample_weight`` and expose logits through
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from featkit.errors import FeatkitError
-from featkit.imbalance import DEFAULT_BETA, DEFAULT_TAU, adjust_logits, class_balanced_weights
+from featkit.imbalance import (
+    DEFAULT_BETA,
+    DEFAULT_TAU,
+    adjust_logits,
+    class_balanced_weights,
+    log_prior_offsets,
+)
 from featkit.protocols.base import Protocol, softmax
 from featkit.protocols.registry import create_protocol, get_protocol_class, register_protocol
 
@@ -62,8 +76,25 @@ class Balanced(Protocol):
         weighted = counts * self.class_weights_
         self.weighted_prior_ = weighted / weighted.sum()
         self.estimator_ = create_protocol(self.base, **(self.base_params or {}))
-        self.estimator_.fit(features, labels, sample_weight=self.class_weights_[inverse])  # type: ignore[call-arg]
+        fit_settings: dict[str, Any] = {"sample_weight": self.class_weights_[inverse]}
+        if "selection_offsets" in inspect.signature(self.estimator_.fit).parameters:
+            # Choose the base's settings (logistic's C) for the adjusted predictions this
+            # protocol makes, not for the unadjusted logits it never predicts with.
+            fit_settings["selection_offsets"] = log_prior_offsets(self.weighted_prior_, self.tau)
+        self.estimator_.fit(features, labels, **fit_settings)  # type: ignore[call-arg]
         return self
+
+    @property
+    def fitted_params_(self) -> dict[str, Any]:
+        """The base's choices plus the strength of the adjustment actually applied.
+
+        ``prior_ratio`` is the largest over the smallest weighted prior: the adjustment
+        moves a logit by at most ``τ·log(prior_ratio)``. With ``β`` close to 1 and classes
+        of under ``1/(1 − β)`` images it is close to 1: the adjustment barely acts.
+        """
+        params = dict(self.estimator_.fitted_params_)
+        params["prior_ratio"] = float(self.weighted_prior_.max() / self.weighted_prior_.min())
+        return params
 
     def decision_function(self, X: ArrayLike) -> NDArray[np.float64]:
         """Adjusted logits ``[N, C]``: the wrapped model's logits − τ·log π̃."""

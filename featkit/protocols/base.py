@@ -108,6 +108,14 @@ class Protocol:
 
     # -- interface ---------------------------------------------------------------------
 
+    @property
+    def fitted_params_(self) -> dict[str, Any]:
+        """Settings chosen while fitting (a selected C, an index kind), for the result record.
+
+        Empty for protocols that choose nothing; keys never repeat a constructor setting.
+        """
+        return {}
+
     def fit(self, X: ArrayLike, y: ArrayLike | None = None) -> Protocol:
         raise NotImplementedError
 

@@ -4,8 +4,11 @@ Features are L2-normalised; each test image takes its ``k`` most cosine-similar
 training images (``k`` clipped to the training size) and each neighbour votes for its
 class with weight ``exp(sim / T)``. Defaults ``k = 20``, ``T = 0.07`` as in DINO's
 ``eval_knn.py`` and DINOv2/v3's ``eval/knn.py``. Neighbours come from
-:class:`featkit.neighbors.NeighborIndex` (exact faiss inner-product search), queried in
-blocks: memory is ``q × k``, never train × test.
+:class:`featkit.neighbors.NeighborIndex`: exact faiss inner-product search at every
+size, queried in blocks (memory ``q × k``, never train × test). An approximate index
+(``index="ivf"`` or ``"hnsw"``) is used only when asked for; its recall@k against
+exact search, measured at fit time on up to :data:`RECALL_QUERIES` training rows used
+as queries, is recorded in ``fitted_params_``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from numpy.typing import ArrayLike, NDArray
 from featkit.errors import FeatkitError
 from featkit.protocols.base import Protocol, l2_normalize, threads_for
 from featkit.protocols.registry import register_protocol
+
+#: Training rows used as queries to measure an approximate index's recall at fit time.
+RECALL_QUERIES = 1000
 
 
 def weighted_votes(
@@ -55,7 +61,8 @@ class KNN(Protocol):
     def __init__(self, k: int = 20, temperature: float = 0.07, index: str = "auto") -> None:
         self.k = k  # neighbours per query; clipped to the number of training images
         self.temperature = temperature  # T in exp(sim / T); smaller = closer neighbours count more
-        self.index = index  # NeighborIndex kind: "exact" (faiss IndexFlatIP), "ivf", "hnsw", "auto"
+        # NeighborIndex kind: "auto" = "exact" (faiss IndexFlatIP) at every size; "ivf", "hnsw"
+        self.index = index
 
     def fit(
         self, X: ArrayLike, y: ArrayLike | None = None, sample_weight: ArrayLike | None = None
@@ -79,6 +86,33 @@ class KNN(Protocol):
 
         with threads_for(self.train_features_.size):
             self._index = NeighborIndex(kind=self.index).fit(self.train_features_)
+            if self._index.kind_ != "exact" and not hasattr(self, "recall_"):
+                self.recall_ = self._measured_recall()
+
+    def _measured_recall(self) -> float:
+        """recall@k of the approximate index against exact search on spread training rows."""
+        import faiss
+
+        from featkit.neighbors import recall_at_k
+
+        n = self.train_features_.shape[0]
+        queries = self.train_features_[np.linspace(0, n - 1, min(n, RECALL_QUERIES)).astype(int)]
+        _, exact = faiss.knn(queries, self.train_features_, self.k_, faiss.METRIC_INNER_PRODUCT)
+        _, approx = self._index.search(queries, self.k_)
+        return recall_at_k(approx, exact)
+
+    @property
+    def fitted_params_(self) -> dict[str, Any]:
+        """The index kind searched, ``k`` after clipping, and an approximate index's recall."""
+        params: dict[str, Any] = {"index_kind": self._index_kind(), "k_used": self.k_}
+        if hasattr(self, "recall_"):
+            params["recall_at_k"] = self.recall_
+        return params
+
+    def _index_kind(self) -> str:
+        from featkit.neighbors import resolve_kind
+
+        return resolve_kind(self.index, self.train_features_.shape[0])
 
     def __getstate__(self) -> dict[str, Any]:
         # A faiss index does not pickle; it is rebuilt from the stored features.

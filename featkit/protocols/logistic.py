@@ -1,31 +1,43 @@
-"""L2-regularised multinomial logistic regression with the official C search.
+"""L2-regularised multinomial logistic regression with a cross-validated C search.
 
 The objective is scikit-learn's (and DINOv2/v3 ``eval/log_regression.py``'s)::
 
-    min_{W, b}  Σᵢ sᵢ·CE(xᵢW + b, yᵢ) / S  +  ‖W‖² / (2·C·S)        S = Σᵢ sᵢ
+    min_{W, b}  Σᵢ sᵢ·CE(zᵢW + b, yᵢ) / S  +  ‖W‖² / (2·C·S)        S = Σᵢ sᵢ
 
 (the intercept ``b`` is not penalised; ``sᵢ`` are sample weights, 1 by default),
-solved with L-BFGS. ``C`` is chosen on the official grid ``10^linspace(-6, 5, 45)``
-inside the training data only, by balanced accuracy:
+solved with L-BFGS, where ``zᵢ`` are the features **standardised with the training
+statistics**: centred with the training mean and divided by one number, the root mean
+square of the centred training features (``standardize=False`` keeps the raw features,
+the official setting). Without it the meaning of ``C`` depends on the features' scale:
+features that vary by 1e-4 make every C of the official grid a near-zero model and the
+probe sits at chance. One scale for all columns keeps the features' geometry; dividing
+each column by its own deviation would blow up columns that barely vary (rare pixels,
+near-constant dimensions).
 
-* every class has at least ``min_holdout`` (10) images → the official rule: hold out
-  ``holdout`` (10%, at least one image) of each class, fit the grid on the rest, pick
-  the best ``C``, refit on all training images;
-* every class has 2 … 9 images → ``n``-fold cross-validation, ``n = min(5, smallest
-  class)``, each fold holding out one image per class in turn (a single 10% hold-out
-  would be one image, too noisy to choose among 45 values);
+``C`` is chosen on the official grid ``10^linspace(-6, 5, 45)`` inside the training
+data only, by balanced accuracy:
+
+* the official single hold-out (``holdout`` = 10% of each class, refit on all) when it
+  holds at least ``min_holdout`` (5) images of the smallest class, i.e. from about 45
+  images per class on;
+* otherwise stratified ``min(n_folds, smallest class)``-fold cross-validation
+  (``n_folds`` = 5): a 10% hold-out of 10 shots is one image per class, and the C it
+  picks is mostly noise;
 * some class has a single image → no hold-out exists: ``C = fallback_c / m``, where
-  ``m`` is the mean squared norm of the centred features, which makes the rule
-  independent of the features' scale.
+  ``m`` is the mean squared norm of the (standardised) centred features.
 
-Ties in the selection go to the smallest ``C`` (the simplest model).
+Ties go to the median of the tied grid points (:func:`pick_c`), and
+``fitted_params_`` records the chosen C with a warning when it is an end of the grid.
 
-Why it is fast (≥5× scikit-learn fitted once per C; benchmarks/probe.py):
+What makes it fast (measured against scikit-learn fitted once per C by
+benchmarks/probe.py; docs/performance.md):
 
-* **warm starts along the path**: each ``C`` starts from the previous solution, so
-  the strongly regularised end converges in a few iterations and the rest in tens;
-* **centring**: features are centred with the training mean, which does not change
-  ``W`` (the unpenalised intercept absorbs the shift) but conditions the problem;
+* **warm starts along the path**: each ``C`` starts from the previous solution, and
+  the first from ``W = 0`` with the intercept at the log class prior (its optimum for
+  ``W = 0``), so the strongly regularised end converges in a few iterations and the
+  rest in tens;
+* **standardising**: centring does not change ``W`` (the unpenalised intercept absorbs
+  the shift) and unit-variance columns condition the problem;
 * **exact dimension reduction when n < d**: the optimal ``W`` lies in the span of the
   centred training features (representer theorem for L2 penalties), so few-shot
   problems are solved in that ``≤ n``-dimensional basis and mapped back, with the
@@ -43,6 +55,7 @@ accuracy (docs/performance.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -94,6 +107,23 @@ class _Problem:
             Zb[f, : rows.size], yb[f, : rows.size] = Z[rows], y[rows]
             wb[f, : rows.size] = w[rows] / w[rows].sum()
         return cls(Zb, yb, wb, n_classes)
+
+    def prior_start(self) -> NDArray[np.float64]:
+        """``W = 0`` and each fold's intercept at its optimum for ``W = 0`` (log prior).
+
+        The most regularised C's solution is a hair away from this point; from all zeros
+        its intercept alone took ~100 L-BFGS iterations against a penalty 1e3-1e6 times
+        stiffer, a quarter of the whole path.
+        """
+        F, _, r = self.Z.shape
+        k = self.n_classes
+        prior = np.zeros((F, k))
+        for f in range(F):
+            prior[f] = np.bincount(self.y[f], weights=self.weights[f], minlength=k)
+        log_prior = np.log(np.maximum(prior, 1e-12))
+        theta = np.zeros((F, r + 1, k))
+        theta[:, r] = log_prior - log_prior.mean(axis=1, keepdims=True)
+        return theta.ravel()
 
     @property
     def size(self) -> int:
@@ -150,31 +180,56 @@ def _minimize(
     return np.asarray(result.x, dtype=np.float64)
 
 
+def _half_up(x: float) -> int:
+    """``round`` to the nearest integer with halves going up (``round`` goes to even)."""
+    return int(np.floor(x + 0.5))
+
+
 def selection_folds(
-    y: NDArray[np.int64], holdout: float = 0.1, min_holdout: int = 10, random_state: int = 0
+    y: NDArray[np.int64],
+    holdout: float = 0.1,
+    min_holdout: int = 5,
+    n_folds: int = 5,
+    random_state: int = 0,
 ) -> list[NDArray[np.bool_]]:
     """Held-out masks ``[n]`` used to choose C (the rule of the module doc).
 
-    One mask holding out ``holdout`` of every class (at least one image) when every
-    class has ``min_holdout`` images; otherwise ``min(5, smallest class)`` masks, each
-    holding out one image per class in turn. Needs at least 2 images per class.
+    One mask holding out ``holdout`` of every class when that leaves at least
+    ``min_holdout`` images of the smallest class in it (the official single hold-out);
+    otherwise stratified ``min(n_folds, smallest class)``-fold cross-validation: each
+    class's images, in a seeded random order, are dealt to the folds in turn, so every
+    fold holds out at least one image of every class and every image is held out once.
+    Needs at least 2 images per class.
     """
     rng = np.random.default_rng(random_state)
     classes, counts = np.unique(y, return_counts=True)
     order = [rng.permutation(np.flatnonzero(y == c)) for c in classes]
-    if counts.min() >= min_holdout:
+    if _half_up(holdout * counts.min()) >= min_holdout:
         mask = np.zeros(y.size, bool)
         for members in order:
-            mask[members[: max(1, round(holdout * members.size))]] = True
+            mask[members[: _half_up(holdout * members.size)]] = True
         return [mask]
-    n_folds = int(min(5, counts.min()))
-    masks = []
-    for f in range(n_folds):
-        mask = np.zeros(y.size, bool)
-        for members in order:
-            mask[members[f]] = True
-        masks.append(mask)
+    folds = int(min(n_folds, counts.min()))
+    masks = [np.zeros(y.size, bool) for _ in range(folds)]
+    # Dealing starts at a different fold per class so the folds' sizes stay within one.
+    offset = 0
+    for members in order:
+        for position, row in enumerate(members):
+            masks[(offset + position) % folds][row] = True
+        offset += members.size
     return masks
+
+
+def pick_c(scores: NDArray[np.float64], atol: float = 1e-12) -> int:
+    """Index of the chosen ``C``: the median of the grid points tied at the best score.
+
+    A flat stretch of the selection curve carries no preference; its smallest ``C``
+    (the usual tie rule) sits at its edge, where the curve starts to fall, and with a
+    few held-out images per class it lands on the grid's end. The middle of the tied
+    points is the choice least sensitive to which images were held out.
+    """
+    tied = np.flatnonzero(scores >= scores.max() - atol)
+    return int(tied[(tied.size - 1) // 2])
 
 
 @register_protocol("logistic")
@@ -188,7 +243,9 @@ class Logistic(Protocol):
         c: float | None = None,
         n_c: int = 45,
         holdout: float = 0.1,
-        min_holdout: int = 10,
+        min_holdout: int = 5,
+        n_folds: int = 5,
+        standardize: bool = True,
         fallback_c: float = 1.0,
         max_iter: int = 100,
         tol: float = 1e-4,
@@ -197,7 +254,9 @@ class Logistic(Protocol):
         self.c = c  # a fixed C skips the selection; None searches the official grid
         self.n_c = n_c  # grid size over 10^[-6, 5] (45 = official)
         self.holdout = holdout  # fraction of each class held out to choose C
-        self.min_holdout = min_holdout  # images every class needs for the single hold-out
+        self.min_holdout = min_holdout  # smallest-class images the single hold-out needs
+        self.n_folds = n_folds  # cross-validation folds when the hold-out would be smaller
+        self.standardize = standardize  # scale every feature to unit training variance
         self.fallback_c = fallback_c  # scale-free C when some class has a single image
         self.max_iter = max_iter  # L-BFGS iterations per C (scikit-learn's default)
         self.tol = tol  # L-BFGS gradient tolerance (scikit-learn's default)
@@ -214,29 +273,63 @@ class Logistic(Protocol):
             raise FeatkitError(
                 f"logistic holdout: expected a fraction in (0, 1), got {self.holdout}"
             )
+        if self.n_folds < 2:
+            raise FeatkitError(f"logistic n_folds: expected at least 2, got {self.n_folds}")
         if not self.fallback_c > 0:
             raise FeatkitError(f"logistic fallback_c: expected > 0, got {self.fallback_c}")
 
     def fit(
-        self, X: ArrayLike, y: ArrayLike | None = None, sample_weight: ArrayLike | None = None
+        self,
+        X: ArrayLike,
+        y: ArrayLike | None = None,
+        sample_weight: ArrayLike | None = None,
+        selection_offsets: ArrayLike | None = None,
     ) -> Logistic:
+        """Fit; ``selection_offsets [K]`` are subtracted from the logits when scoring C.
+
+        The offsets let a wrapper that adjusts the logits at prediction time (the
+        ``balanced`` protocol's ``τ·log π̃``) choose C for the predictions it will make.
+        """
         if y is None:
             raise FeatkitError("logistic labels: expected training labels, got None")
         self._check_settings()
         features, labels, weights = self._check_Xy(X, y, sample_weight)
+        offsets = None
+        if selection_offsets is not None:
+            offsets = np.asarray(selection_offsets, dtype=np.float64)
+            if offsets.shape != (np.unique(labels).size,):
+                raise FeatkitError(
+                    f"logistic selection_offsets: expected one per class "
+                    f"({np.unique(labels).size}), got shape {offsets.shape}"
+                )
         with threads_for(features.size):
-            return self._fit(features, labels, weights)
+            return self._fit(features, labels, weights, offsets)
+
+    def _standardised(self, features: NDArray[np.float32]) -> NDArray[np.float32]:
+        """Centred training features, with ``standardize`` divided by their RMS; sets the stats.
+
+        ``scale_`` is per column (all equal here) so that ``coef_`` folds it back the same
+        way whatever the scaling rule.
+        """
+        self.mean_ = features.mean(axis=0, dtype=np.float64).astype(np.float32)
+        centred = features - self.mean_
+        scale = np.ones(features.shape[1], np.float32)
+        if self.standardize:
+            rms = float(np.sqrt(np.mean(centred.astype(np.float64) ** 2)))
+            scale[:] = 1.0 / rms if rms > 0 else 0.0
+        self.scale_ = scale
+        return centred * scale
 
     def _fit(
         self,
         features: NDArray[np.float32],
         labels: NDArray[np.int64],
         weights: NDArray[np.float64] | None,
+        offsets: NDArray[np.float64] | None,
     ) -> Logistic:
         self.classes_, y_idx = np.unique(labels, return_inverse=True)
         k = self.classes_.size
-        self.mean_ = features.mean(axis=0, dtype=np.float64).astype(np.float32)
-        centred = features - self.mean_
+        centred = self._standardised(features)
         # Basis of the centred rows when it is smaller than the feature space (exact).
         n, d = centred.shape
         if n < d:
@@ -252,19 +345,21 @@ class Logistic(Protocol):
 
         counts = np.bincount(y_idx, minlength=k)
         theta0 = None
+        self.c_scores_: NDArray[np.float64] | None = None
         if self.c is not None:
             self.C_, self.selection_ = float(self.c), "fixed"
         elif counts.min() < 2:
             mean_sq = float(np.mean(np.sum(centred.astype(np.float64) ** 2, axis=1)))
             self.C_, self.selection_ = self.fallback_c / max(mean_sq, 1e-12), "fallback"
         else:
-            self.C_, theta0 = self._select(Z, y_idx, w, counts)
+            self.C_, theta0 = self._select(Z, y_idx, w, counts, offsets)
         problem = _Problem.from_folds(Z, y_idx, w, [np.ones(n, bool)], k)
         start = np.zeros(problem.size) if theta0 is None else theta0
         lam = np.array([1.0 / (self.C_ * w.sum())])
         W, b = problem.split(_minimize(problem, lam, start, self.max_iter, self.tol))
         W, b = W[0], b[0, 0]
-        self.coef_ = (W if self.basis_ is None else self.basis_ @ W).T.astype(np.float32)  # [K, D]
+        W = W if self.basis_ is None else self.basis_ @ W  # [D, K] on standardised features
+        self.coef_ = (W * self.scale_[:, None]).T.astype(np.float32)  # [K, D] on raw features
         # The solver saw centred inputs; fold the centring into the intercept.
         self.intercept_ = (b - self.coef_.astype(np.float64) @ self.mean_).astype(np.float32)
         return self
@@ -275,28 +370,52 @@ class Logistic(Protocol):
         y_idx: NDArray[np.int64],
         w: NDArray[np.float64],
         counts: NDArray[np.int64],
+        offsets: NDArray[np.float64] | None,
     ) -> tuple[float, NDArray[np.float64]]:
         """Best C of the grid by held-out balanced accuracy, and a warm start for the refit."""
         grid = c_grid(self.n_c)
-        held_out = selection_folds(y_idx, self.holdout, self.min_holdout, self.random_state)
+        held_out = selection_folds(
+            y_idx, self.holdout, self.min_holdout, self.n_folds, self.random_state
+        )
         self.selection_ = "holdout" if len(held_out) == 1 else f"{len(held_out)}-fold"
         fit_masks = [~mask for mask in held_out]
         problem = _Problem.from_folds(Z, y_idx, w, fit_masks, counts.size)
         weight_sums = np.array([w[mask].sum() for mask in fit_masks])
+        shift = np.zeros(counts.size) if offsets is None else offsets
         scores = np.zeros(len(grid))
-        theta = np.zeros(problem.size)
-        thetas = []
+        theta = problem.prior_start()
+        thetas: list[NDArray[np.float64]] = []
         for i, c in enumerate(grid):  # small to large C: each start is close to its optimum
             theta = _minimize(problem, 1.0 / (c * weight_sums), theta, self.max_iter, self.tol)
             for f, mask in enumerate(held_out):
-                predicted = np.argmax(problem.scores(theta, Z[mask], f), axis=1)
-                scores[i] += balanced_accuracy(y_idx[mask], predicted)
+                logits = problem.scores(theta, Z[mask], f) - shift
+                scores[i] += balanced_accuracy(y_idx[mask], np.argmax(logits, axis=1))
             thetas.append(theta)
         self.c_scores_ = scores / len(held_out)  # mean held-out balanced accuracy per C
-        best = int(np.flatnonzero(self.c_scores_ >= self.c_scores_.max() - 1e-12)[0])
+        best = self.c_index_ = pick_c(self.c_scores_)
         # Warm start for the refit on all images: the first fold's solution at that C.
         W, b = problem.split(thetas[best])
         return float(grid[best]), np.concatenate([W[0], b[0]], axis=0).ravel()
+
+    @property
+    def grid_edge_(self) -> str:
+        """``"low"``/``"high"`` when the selected C is the grid's first/last value, else ``""``."""
+        if self.c_scores_ is None or self.n_c < 2:
+            return ""
+        return "low" if self.c_index_ == 0 else "high" if self.c_index_ == self.n_c - 1 else ""
+
+    @property
+    def fitted_params_(self) -> dict[str, Any]:
+        """What fitting chose, for the result record: ``C``, how, and a warning at a grid end."""
+        params: dict[str, Any] = {"C": self.C_, "c_selection": self.selection_}
+        if self.grid_edge_:
+            params["c_grid_edge"] = self.grid_edge_
+            bound = "10^-6" if self.grid_edge_ == "low" else "10^5"
+            params["warning"] = (
+                f"logistic: the selected C = {self.C_:.3g} is the {self.grid_edge_} end of "
+                f"the grid ({bound}); the best C may lie outside it"
+            )
+        return params
 
     # -- predicting --------------------------------------------------------------------
 
