@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,8 @@ from featkit.splits import (
     episodes,
     parse_shots,
 )
+
+logger = logging.getLogger("featkit")
 
 DEFAULT_PROTOCOLS = ("knn", "logistic", "prototype", "balanced", "kmeans")
 FEATURE_KINDS = ("cls", "patch_mean", "cls+patch_mean")
@@ -294,8 +297,13 @@ def evaluate_arrays(
                 clusters = model.fit(X[draw.test]).predict(X[draw.test])
                 metrics = clustering_metrics(y_test, clusters)
                 predicted = match_clusters(y_test, clusters)
+            fitted = model.fitted_params_ if spec.supervised else {}
+            if fitted.get("warning"):
+                logger.warning(
+                    "%s/%s %s: %s", data.dataset, data.model, spec.name, fitted["warning"]
+                )
             new_rows, new_per_class, new_confusion = episode_records(
-                job.base,
+                {**job.base, "fitted": json.dumps(fitted, sort_keys=True) if fitted else ""},
                 y[draw.train],
                 y_test,
                 predicted,

@@ -39,6 +39,7 @@ TEXT_COLUMNS = (
     "pred",
     "data_id",
     "correct",
+    "fitted",
 )
 
 

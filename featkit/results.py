@@ -66,10 +66,12 @@ RESULT_COLUMNS = (
     "run_id",
     "store",
     # Added after the contract columns (see featkit.records): the stratified-bootstrap
-    # standard error over test images, the data identity, per-image correctness bits.
+    # standard error over test images, the data identity, per-image correctness bits,
+    # and what the protocol chose while fitting (JSON: a selected C, an index kind).
     "test_se",
     "data_id",
     "correct",
+    "fitted",
 )
 # One experimental configuration; its episodes are summarised together.
 CONFIG_COLUMNS = ("dataset", "model", "feature", "protocol", "params", "shots")

@@ -15,6 +15,7 @@ from featkit.evaluate import (
     ProbeSettings,
     ProtocolSpec,
     evaluate_arrays,
+    load_store,
     probe,
     protocol_grid,
 )
@@ -283,3 +284,29 @@ def test_probe_checks_every_store_before_evaluating(tmp_path: Path) -> None:
     with pytest.raises(FeatkitError, match=r"bad\.h5: expected finite cls features"):
         probe([good, bad], ProbeSettings(protocols=FAST[:1]), workspace=tmp_path)
     assert read_results(tmp_path).empty  # nothing half-done was written
+
+
+def test_what_a_protocol_chose_is_recorded_beside_its_rows(tmp_path: Path) -> None:
+    import json
+
+    from featkit.protocols.logistic import Logistic
+
+    store = make_store(tmp_path, "model_a")
+    settings = ProbeSettings(
+        protocols=(ProtocolSpec.of("logistic", n_c=5),), shots=parse_shots("5"), episodes=2
+    )
+    probe([store], settings, workspace=tmp_path)
+    written = read_results(tmp_path)
+    data = load_store(store, ["cls"])
+    draws = {
+        d.episode: d
+        for d in episodes(data.paths, data.labels, data.splits, "5", 2, seed=0, warn=False)
+    }
+    X, y = data.features["cls"], np.asarray(data.labels)
+    for episode, rows in written.groupby("episode"):
+        assert set(rows["fitted"]) == {rows["fitted"].iloc[0]}  # one fit, every metric row
+        fitted = json.loads(rows["fitted"].iloc[0])
+        # The same support refitted by hand selects the same C.
+        draw = draws[int(episode)]
+        again = Logistic(n_c=5).fit(X[draw.train], y[draw.train])
+        assert fitted["C"] == again.fitted_params_["C"]
