@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from collections import deque
@@ -38,6 +39,7 @@ import numpy as np
 from featkit.atomic import atomic_path
 from featkit.errors import FeatkitError, FingerprintMismatchError, ImageDecodeError
 from featkit.fingerprint import BINDING_KEYS, INFO_KEYS, differences, make_fingerprint
+from featkit.integrity import require_free_space, verify_file, write_checked
 from featkit.progress import SILENT, Progress
 from featkit.store import (
     STATUS_FAILED,
@@ -167,11 +169,29 @@ def _decoded(
 
 
 # -- the plan -----------------------------------------------------------------------
+Stat = tuple[int, int]  # (size in bytes, mtime in ns) of an image file; (-1, -1): unknown
+
+
+def file_stats(dataset: Dataset) -> dict[str, Stat]:
+    """(size, mtime_ns) of every image of ``dataset`` now: what a row is keyed by."""
+    stats: dict[str, Stat] = {}
+    for record in dataset.records:
+        try:
+            st = os.stat(dataset.root / record.path)
+            stats[record.path] = (int(st.st_size), int(st.st_mtime_ns))
+        except OSError:
+            stats[record.path] = (-1, -1)  # the decode records why
+    return stats
+
+
 @dataclass
 class _Plan:
     fingerprint: dict[str, Any]
     work: list[str]  # relative paths to extract, in path order
     shard_size: int
+    # (size, mtime_ns) of each work image when planned: an image changed after an
+    # interrupted run changes the plan id, so its stale shard is not reused.
+    stats: list[Stat] = field(default_factory=list)
 
     @property
     def plan_id(self) -> str:
@@ -180,6 +200,7 @@ class _Plan:
                 "fp": {k: self.fingerprint.get(k) for k in BINDING_KEYS},
                 "work": self.work,
                 "shard": self.shard_size,
+                **({"stats": [list(x) for x in self.stats]} if self.stats else {}),
             },
             sort_keys=True,
         )
@@ -199,6 +220,7 @@ class _Plan:
             "fingerprint": self.fingerprint,
             "shard_size": self.shard_size,
             "work": self.work,
+            "stats": [list(x) for x in self.stats],
         }
 
 
@@ -222,7 +244,8 @@ def _read_manifest(work_dir: Path) -> dict[str, Any] | None:
 
 
 def _shard_done(path: Path, plan: _Plan, k: int) -> bool:
-    """A shard counts only if it opens and holds exactly the rows the plan gives it."""
+    """A shard counts only if it opens, holds exactly the rows the plan gives it, and
+    every dataset matches the checksum recorded when it was written."""
     import h5py
 
     if not path.is_file():
@@ -230,12 +253,18 @@ def _shard_done(path: Path, plan: _Plan, k: int) -> bool:
     try:
         with h5py.File(path, "r") as h5:
             index = h5["index"][:]
-            return bool(
+            mine = bool(
                 h5.attrs.get("plan_id") == plan.plan_id
                 and np.array_equal(index, np.asarray(plan.shard_rows(k), dtype=np.int64))
             )
     except (OSError, KeyError):
         return False
+    if not mine:
+        return False
+    damage = verify_file(path)
+    if damage:
+        logger.warning("shard %s is damaged (%s); extracting it again", path.name, damage[0])
+    return not damage
 
 
 # -- the forward pass ---------------------------------------------------------------
@@ -280,19 +309,18 @@ def _write_shard(
     from featkit.store import _str_dtype
 
     rows = plan.shard_rows(k)
+    sdt = _str_dtype()
     with atomic_hdf5(path) as h5:
         h5.attrs["plan_id"] = plan.plan_id
-        h5.create_dataset("index", data=np.asarray(rows, dtype=np.int64))
-        h5.create_dataset(
-            "path", data=np.asarray([plan.work[i] for i in rows], dtype=object), dtype=_str_dtype()
-        )
-        h5.create_dataset("cls", data=cls)
+        write_checked(h5, "index", np.asarray(rows, dtype=np.int64))
+        write_checked(h5, "path", [plan.work[i] for i in rows], sdt)
+        write_checked(h5, "cls", cls)
         if mean is not None:
-            h5.create_dataset("patch_mean", data=mean)
+            write_checked(h5, "patch_mean", mean)
         if grid is not None:
-            h5.create_dataset("patches", data=grid)
-        h5.create_dataset("status", data=np.asarray(status, dtype=object), dtype=_str_dtype())
-        h5.create_dataset("error", data=np.asarray(errors, dtype=object), dtype=_str_dtype())
+            write_checked(h5, "patches", grid)
+        write_checked(h5, "status", status, sdt)
+        write_checked(h5, "error", errors, sdt)
 
 
 def _run_shards(
@@ -436,6 +464,25 @@ class _RowSources:
         )
         self._open: dict[int, h5py.File] = {}
 
+    def file_stats(self, now: dict[str, Stat], paths: list[str]) -> tuple[list[int], list[int]]:
+        """(sizes, mtimes) for the new store: as planned for new rows, as recorded for reused.
+
+        A reused row keeps what its store recorded (unknown in stores from older
+        versions), so the store never claims a file state its features were not made from.
+        """
+        recorded = self.old.file_stats() if self.old is not None else None
+        sizes, mtimes = [], []
+        for p, s, new in zip(paths, self.src, self.from_new, strict=True):
+            if new:
+                size, mtime = now.get(p, (-1, -1))
+            elif recorded is not None:
+                size, mtime = int(recorded[0][s]), int(recorded[1][s])
+            else:
+                size, mtime = -1, -1
+            sizes.append(size)
+            mtimes.append(mtime)
+        return sizes, mtimes
+
     def status_and_errors(self) -> tuple[list[str], list[str]]:
         old_status = np.asarray(self.old.status() if self.old else [], dtype=object)
         old_errors = np.asarray(self.old.errors() if self.old else [], dtype=object)
@@ -499,6 +546,7 @@ def _merge(
     grid_hw: tuple[int, int] | None,
     patches: str,
     progress: Progress,
+    stats: dict[str, Stat] | None = None,
 ) -> None:
     """Stream the previous store's rows and the shards into a new store, in path order."""
     records = sorted(dataset.records, key=lambda r: r.path)
@@ -517,9 +565,16 @@ def _merge(
         # place only after the previous store and the shards are closed.
         h5 = stack.enter_context(atomic_hdf5(out_path))
         old = stack.enter_context(open_store(previous)) if previous is not None else None
+        if old is not None:
+            # Rows copied from the previous store get a fresh checksum in the new one,
+            # so damage there must be found now or it would be blessed.
+            damage = old.verify()
+            if damage:
+                raise old._damaged("; ".join(damage))
         sources = _RowSources(paths, plan, work_dir, old)
         stack.callback(sources.close)
         status, errors = sources.status_and_errors()
+        file_sizes, file_mtimes = sources.file_stats(stats or {}, paths)
         task = progress.task("merge", total=len(records))
         stack.callback(task.close)
         writer = StoreWriter(
@@ -548,6 +603,8 @@ def _merge(
             splits=[r.split or "" for r in records],
             status=status,
             errors=errors,
+            sizes=file_sizes,
+            mtimes=file_mtimes,
         )
 
 
@@ -586,12 +643,33 @@ def _matches(store: Store, dataset: Dataset) -> bool:
     )
 
 
-def _work_list(records: Iterable[ImageRecord], store: Store | None, retry: bool) -> list[str]:
+def _work_list(
+    records: Iterable[ImageRecord],
+    store: Store | None,
+    retry: bool,
+    stats: dict[str, Stat] | None = None,
+) -> list[str]:
+    """The images to extract: new ones, changed ones, and failed ones with ``retry``.
+
+    A row is keyed by path, size and modification time: an image replaced under the
+    same path is extracted again. Rows of stores that recorded no file state (older
+    versions) are kept as they are.
+    """
     if store is None:
         return sorted(r.path for r in records)
-    have = dict(zip(store.paths(include_failed=True), store.status(), strict=True))
+    paths = store.paths(include_failed=True)
+    have = dict(zip(paths, store.status(), strict=True))
+    recorded = store.file_stats()
+    changed: set[str] = set()
+    if recorded is not None and stats:
+        for p, size, mtime in zip(paths, recorded[0].tolist(), recorded[1].tolist(), strict=True):
+            now = stats.get(p)
+            if size >= 0 and now is not None and now[0] >= 0 and now != (size, mtime):
+                changed.add(p)
     return sorted(
-        r.path for r in records if r.path not in have or (retry and have[r.path] != STATUS_OK)
+        r.path
+        for r in records
+        if r.path not in have or r.path in changed or (retry and have[r.path] != STATUS_OK)
     )
 
 
@@ -693,14 +771,16 @@ def extract(
     grid_hw = (crop // patch, crop // patch) if settings.patches == "full" else None
     work_dir = partial_dir(out_path)
     main = coordinator.rank == 0
+    stats: dict[str, Stat] = {}
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(out_path) if main else contextlib.nullcontext():
         # 1. Rank 0 plans (and writes the manifest); the others read the manifest.
         plan, previous, up_to_date = None, None, False
         if main:
+            stats = file_stats(dataset)
             plan, previous, up_to_date = _plan(
-                dataset, out_path, settings, fingerprint, dim, grid_hw
+                dataset, out_path, settings, fingerprint, dim, grid_hw, stats
             )
         coordinator.barrier()
         if not main:
@@ -738,6 +818,7 @@ def extract(
                 grid_hw,
                 settings.patches,
                 progress,
+                stats,
             )
             if work_dir.exists():
                 shutil.rmtree(work_dir)
@@ -769,19 +850,28 @@ def _plan(
     fingerprint: dict[str, Any],
     dim: int,
     grid_hw: tuple[int, int] | None,
+    stats: dict[str, Stat],
 ) -> tuple[_Plan, Path | None, bool]:
     """(plan, previous store to extend or None, already up to date?), work folder ready."""
     store = _existing_store(out_path, fingerprint, settings.overwrite)
     try:
         store_plan_id = store.attr("plan_id") if store is not None else None
-        work = _work_list(dataset.records, store, settings.retry_failed)
+        work = _work_list(dataset.records, store, settings.retry_failed, stats)
         up_to_date = store is not None and not work and _matches(store, dataset)
     finally:
         if store is not None:
             store.close()
     shard_size = effective_shard_size(settings.shard_size, dim, grid_hw)
-    plan = _Plan(fingerprint=fingerprint, work=work, shard_size=shard_size)
-    _prepare_work_dir(partial_dir(out_path), plan, store_plan_id, settings.overwrite)
+    plan = _Plan(
+        fingerprint=fingerprint,
+        work=work,
+        shard_size=shard_size,
+        stats=[stats.get(p, (-1, -1)) for p in work],
+    )
+    work_dir = partial_dir(out_path)
+    _prepare_work_dir(work_dir, plan, store_plan_id, settings.overwrite)
+    if not up_to_date:
+        _check_space(out_path, work_dir, len(work), len(dataset.records), dim, grid_hw, settings)
     stale_tmp = out_path.with_name(out_path.name + TMP_SUFFIX)
     if stale_tmp.exists():
         stale_tmp.unlink()
@@ -803,7 +893,33 @@ def _plan_from_manifest(work_dir: Path, fingerprint: dict[str, Any]) -> _Plan | 
         fingerprint=manifest["fingerprint"],
         work=list(manifest["work"]),
         shard_size=int(manifest["shard_size"]),
+        stats=[(int(a), int(b)) for a, b in manifest.get("stats", [])],
     )
     if plan.plan_id != manifest.get("plan_id"):
         raise RuntimeError(f"manifest {work_dir / MANIFEST} does not match its own plan id")
     return plan
+
+
+def _check_space(
+    out_path: Path,
+    work_dir: Path,
+    work_rows: int,
+    total_rows: int,
+    dim: int,
+    grid_hw: tuple[int, int] | None,
+    settings: ExtractSettings,
+) -> None:
+    """Refuse to start when the shards still to write plus the merged store cannot fit.
+
+    Shards already on disk count as written. The estimate is the raw feature bytes
+    plus a little per row for paths and HDF5 overhead; the old store stays until the
+    new one replaces it, so it is not counted as free.
+    """
+    row_bytes = dim * 4 * (1 if settings.patches == "none" else 2) + 256
+    if grid_hw is not None:
+        row_bytes += grid_hw[0] * grid_hw[1] * dim * 2
+    done = sum(f.stat().st_size for f in work_dir.glob("shard-*.h5")) if work_dir.is_dir() else 0
+    needed = max(0, work_rows * row_bytes - done) + total_rows * row_bytes
+    require_free_space(
+        out_path.parent, needed, f"extracting {work_rows} images into {out_path.name}"
+    )

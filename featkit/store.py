@@ -10,7 +10,10 @@ Layout (``format_version`` 1)::
     /images/split         [N] utf-8     "train" | "val" | "test" | ""
     /images/status        [N] utf-8     "ok" | "failed"
     /images/error         [N] utf-8     "" when ok, else the reason
+    /images/size          [N] int64     file size in bytes when extracted (-1: unknown)
+    /images/mtime_ns      [N] int64     file modification time when extracted (-1: unknown)
     attrs: format_version, dataset, model, label_names (JSON), fingerprint (JSON)
+    every dataset: attrs["sha256"], the checksum of the values written (featkit.integrity)
 
 Every discovered image has a row; failed rows hold NaN features. Readers select rows
 with a boolean mask built from the small per-row arrays and read the big arrays in
@@ -18,7 +21,9 @@ contiguous blocks (HDF5 slices), never with index lists, which h5py serves row b
 
 Files are only ever written through :func:`atomic_hdf5` (temporary name, fsync,
 ``os.replace``), so a reader never sees a half-written store: HDF5 has no journal and a
-writer killed mid-write can leave a file that will not open.
+writer killed mid-write can leave a file that will not open. Before the rename the
+file is reopened and every dataset checked against the checksum recorded from the values
+written, because HDF5 can lose an out-of-space error while closing a file.
 """
 
 from __future__ import annotations
@@ -36,7 +41,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from featkit.atomic import fsync_dir
-from featkit.errors import FeatkitError
+from featkit.errors import FeatkitError, StoreDamagedError
+from featkit.integrity import (
+    CHECKSUM_ATTR,
+    Hasher,
+    disk_full,
+    is_disk_full,
+    require_free_space,
+    verify_file,
+    write_checked,
+)
 
 if TYPE_CHECKING:
     import h5py
@@ -63,8 +77,13 @@ def _str_dtype() -> Any:
 def atomic_hdf5(path: Path, tmp_path: Path | None = None) -> Iterator[h5py.File]:
     """Write an HDF5 file under a temporary name and move it into place only when complete.
 
-    A crash before the ``os.replace`` leaves the previous file (if any) untouched and a
-    stale temporary file that the next writer overwrites.
+    After closing, the file is fsynced, reopened and every dataset compared with the
+    checksum recorded when it was written (see :mod:`featkit.integrity`); only a file
+    that passes is renamed into place. Running out of space raises
+    :class:`~featkit.errors.DiskFullError`, a file that fails verification
+    :class:`~featkit.errors.StoreDamagedError`; either way the previous file (if any)
+    is untouched. A crash before the ``os.replace`` leaves a stale temporary file that
+    the next writer overwrites.
     """
     import h5py
 
@@ -72,11 +91,23 @@ def atomic_hdf5(path: Path, tmp_path: Path | None = None) -> Iterator[h5py.File]
     tmp = Path(tmp_path) if tmp_path is not None else path.with_name(path.name + TMP_SUFFIX)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with h5py.File(tmp, "w") as h5:
-            yield h5
-            h5.flush()
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        try:
+            with h5py.File(tmp, "w") as h5:
+                yield h5
+                h5.flush()
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+        except OSError as err:
+            if is_disk_full(err):
+                raise disk_full(path) from None
+            raise
+        damage = verify_file(tmp)
+        if damage:
+            raise StoreDamagedError(
+                f"{path}: the file just written failed verification ({damage[0]}), so it "
+                "was not kept; the disk may be full or failing: free space and rerun the "
+                "same command, it resumes where it stopped"
+            )
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException:
@@ -114,28 +145,23 @@ class StoreWriter:
         h5.attrs["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
         feats = h5.create_group("features")
         chunk_rows = max(1, min(num_rows, max(1, (1 << 20) // max(1, 4 * dim))))
-        self._cls = feats.create_dataset(
-            "cls", shape=(num_rows, dim), dtype="f4", chunks=(chunk_rows, dim) if num_rows else None
-        )
-        self._mean = (
-            feats.create_dataset(
-                "patch_mean",
-                shape=(num_rows, dim),
-                dtype="f4",
-                chunks=(chunk_rows, dim) if num_rows else None,
-            )
-            if patch_mean
-            else None
-        )
-        self._patches = None
+        shapes: dict[str, tuple[tuple[int, ...], str, tuple[int, ...] | None]] = {
+            "cls": ((dim,), "f4", (chunk_rows, dim))
+        }
+        if patch_mean:
+            shapes["patch_mean"] = ((dim,), "f4", (chunk_rows, dim))
         if grid is not None:
-            h, w = grid
-            self._patches = feats.create_dataset(
-                "patches",
-                shape=(num_rows, h, w, dim),
-                dtype="f2",
-                chunks=(1, h, w, dim) if num_rows else None,
+            shapes["patches"] = ((*grid, dim), "f2", (1, *grid, dim))
+        self._datasets: dict[str, h5py.Dataset] = {}
+        self._hashers: dict[str, Hasher] = {}
+        for name, (shape, dtype, chunks) in shapes.items():
+            ds = feats.create_dataset(
+                name, shape=(num_rows, *shape), dtype=dtype, chunks=chunks if num_rows else None
             )
+            self._datasets[name] = ds
+            self._hashers[name] = Hasher(dtype)
+            ds.attrs[CHECKSUM_ATTR] = self._hashers[name].hexdigest()
+        self._next = 0
         self._images = h5.create_group("images")
 
     def write_features(
@@ -145,17 +171,26 @@ class StoreWriter:
         patch_mean: np.ndarray | None = None,
         patches: np.ndarray | None = None,
     ) -> None:
-        """Write rows ``start : start + len(cls)``."""
+        """Write rows ``start : start + len(cls)``; blocks come in order, without gaps.
+
+        The order is what lets each dataset's checksum be computed from the values
+        handed over, block by block; it is recorded after every block.
+        """
+        if start != self._next:
+            raise ValueError(f"rows must be written in order: expected start {self._next}")
+        given = {"cls": cls, "patch_mean": patch_mean, "patches": patches}
+        for name in self._datasets:
+            if given[name] is None:
+                what = "patch_mean" if name == "patch_mean" else "a patch grid"
+                raise ValueError(f"this store has {what}; pass it")
         stop = start + len(cls)
-        self._cls[start:stop] = cls
-        if self._mean is not None:
-            if patch_mean is None:
-                raise ValueError("this store has patch_mean; pass it")
-            self._mean[start:stop] = patch_mean
-        if self._patches is not None:
-            if patches is None:
-                raise ValueError("this store has a patch grid; pass it")
-            self._patches[start:stop] = patches
+        for name, ds in self._datasets.items():
+            # Convert once, so that the bytes hashed are the bytes h5py stores.
+            values = np.ascontiguousarray(given[name], dtype=ds.dtype)
+            ds[start:stop] = values
+            self._hashers[name].update(values)
+            ds.attrs[CHECKSUM_ATTR] = self._hashers[name].hexdigest()
+        self._next = stop
 
     def write_images(
         self,
@@ -164,17 +199,36 @@ class StoreWriter:
         splits: Sequence[str],
         status: Sequence[str],
         errors: Sequence[str],
+        sizes: Sequence[int] | None = None,
+        mtimes: Sequence[int] | None = None,
     ) -> None:
-        """The per-row metadata, all at once (a few bytes per row)."""
-        for name, values in (("paths", paths), ("splits", splits), ("status", status)):
+        """The per-row metadata, all at once (a few bytes per row).
+
+        ``sizes`` and ``mtimes`` (nanoseconds) are the image files' as they were when
+        extracted, so that a changed image is noticed; -1 where unknown.
+        """
+        unknown = [-1] * self.num_rows
+        columns: dict[str, Sequence[Any] | np.ndarray] = {
+            "paths": paths,
+            "labels": labels,
+            "splits": splits,
+            "status": status,
+            "errors": errors,
+            "sizes": unknown if sizes is None else sizes,
+            "mtimes": unknown if mtimes is None else mtimes,
+        }
+        for name, values in columns.items():
             if len(values) != self.num_rows:
                 raise ValueError(f"{name}: expected {self.num_rows} rows, got {len(values)}")
         sdt = _str_dtype()
-        self._images.create_dataset("path", data=np.asarray(paths, dtype=object), dtype=sdt)
-        self._images.create_dataset("label", data=np.asarray(labels, dtype=np.int64))
-        self._images.create_dataset("split", data=np.asarray(splits, dtype=object), dtype=sdt)
-        self._images.create_dataset("status", data=np.asarray(status, dtype=object), dtype=sdt)
-        self._images.create_dataset("error", data=np.asarray(errors, dtype=object), dtype=sdt)
+        group = self._images
+        write_checked(group, "path", paths, sdt)
+        write_checked(group, "label", np.asarray(labels, dtype=np.int64))
+        write_checked(group, "split", splits, sdt)
+        write_checked(group, "status", status, sdt)
+        write_checked(group, "error", errors, sdt)
+        write_checked(group, "size", np.asarray(columns["sizes"], dtype=np.int64))
+        write_checked(group, "mtime_ns", np.asarray(columns["mtimes"], dtype=np.int64))
 
 
 def _read_str(ds: h5py.Dataset) -> np.ndarray:
@@ -212,6 +266,59 @@ class Store:
                 f"store {self.path}: expected a featkit store (format {FORMAT_VERSION}), "
                 f"got a file without the store layout ({err})"
             ) from None
+        damage = self._check_rows()
+        if damage:
+            self._h5.close()
+            raise self._damaged(damage)
+        # Feature datasets whose checksum a full read has confirmed (see _read_rows).
+        self._verified: set[str] = set()
+
+    def _damaged(self, damage: str) -> StoreDamagedError:
+        return StoreDamagedError(
+            f"store {self.path}: damaged: {damage}; extract it again with --overwrite "
+            "(or import it again)"
+        )
+
+    def _check_rows(self) -> str:
+        """The first damage in the per-row arrays (small, so checked at every open)."""
+        images = self._h5["images"]
+        n = self.num_rows
+        loaded = {
+            "path": self._paths,
+            "label": self._labels,
+            "split": self._splits,
+            "status": self._status,
+            "error": self._errors,
+        }
+        if self._stats is not None:
+            loaded["size"], loaded["mtime_ns"] = self._stats
+        for name, values in loaded.items():
+            if len(values) != n:
+                return f"/images/{name} has {len(values)} rows, /images/path has {n}"
+        for name in self.feature_kinds:
+            rows = self._h5["features"][name].shape[0]
+            if rows != n:
+                return f"/features/{name} has {rows} rows, the store has {n}"
+        classes = len(self.label_names)
+        bad = np.flatnonzero((self._labels < -1) | (self._labels >= classes))
+        if len(bad):
+            row = int(bad[0])
+            return (
+                f"label {int(self._labels[row])} in row {row} ({self._paths[row]}) is out of "
+                f"range for {classes} classes ({len(bad)} such rows)"
+            )
+        odd = sorted(set(self._status.tolist()) - {STATUS_OK, STATUS_FAILED})
+        if odd:
+            return f"status values {', '.join(repr(v) for v in odd[:3])} are not ok/failed"
+        # Checksums last: a label out of range says more than "does not match".
+        for name, values in loaded.items():
+            recorded = images[name].attrs.get(CHECKSUM_ATTR)
+            if recorded is not None:
+                hasher = Hasher(values.dtype)
+                hasher.update(values)
+                if hasher.hexdigest() != str(recorded):
+                    return f"/images/{name} does not match its checksum"
+        return ""
 
     def _load_meta(self) -> None:
         attrs = self._h5.attrs
@@ -233,6 +340,48 @@ class Store:
         kinds = [k for k in ("cls", "patch_mean", "patches") if k in feats]
         self.feature_kinds: tuple[str, ...] = tuple(kinds)
         self.dim: int = int(feats["cls"].shape[1])
+        stats = [images[k] for k in ("size", "mtime_ns") if k in images]
+        self._stats: tuple[np.ndarray, np.ndarray] | None = (
+            (np.asarray(stats[0][:], np.int64), np.asarray(stats[1][:], np.int64))
+            if len(stats) == 2
+            else None
+        )
+
+    def file_stats(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(size, mtime_ns) of every row's image when it was extracted; None if not recorded."""
+        return self._stats
+
+    def verify(self) -> list[str]:
+        """Every damage found by reading the whole store (empty when it is whole).
+
+        Checks the per-row arrays (as at open), every dataset against the checksum
+        recorded when it was written, and that the features of ok rows are finite.
+        """
+        damage = [d for d in [self._check_rows()] if d]
+        ok = self._status == STATUS_OK
+        feats = self._h5["features"]
+        for name in self.feature_kinds:
+            ds = feats[name]
+            recorded = ds.attrs.get(CHECKSUM_ATTR)
+            hasher = Hasher(ds.dtype)
+            finite = True
+            row_bytes = max(1, int(np.prod(ds.shape[1:])) * ds.dtype.itemsize)
+            step = max(1, (16 << 20) // row_bytes)
+            for start in range(0, self.num_rows, step):
+                block = ds[start : start + step]
+                hasher.update(block)
+                sel = ok[start : start + len(block)]
+                finite = finite and bool(np.isfinite(block[sel]).all())
+            if recorded is not None and hasher.hexdigest() != str(recorded):
+                damage.append(f"/features/{name} does not match its checksum")
+            if not finite:
+                damage.append(f"/features/{name} has NaN or inf in ok rows")
+        if not self.has_checksums():
+            damage.append("no checksums recorded (written by an older featkit)")
+        return damage
+
+    def has_checksums(self) -> bool:
+        return all(CHECKSUM_ATTR in self._h5["features"][name].attrs for name in self.feature_kinds)
 
     def attr(self, name: str, default: Any = None) -> Any:
         """A file attribute beyond the contract (e.g. the extraction ``plan_id``)."""
@@ -280,16 +429,33 @@ class Store:
     def _read_rows(self, name: str, keep: np.ndarray) -> np.ndarray:
         ds = self._h5["features"][name]
         out = np.empty((int(keep.sum()), *ds.shape[1:]), dtype=np.float32)
+        recorded = ds.attrs.get(CHECKSUM_ATTR)
+        # The first read of a dataset reads every block and checks the checksum on the
+        # way (hashing costs far less than the read); later reads skip unselected blocks.
+        hasher = Hasher(ds.dtype) if recorded is not None and name not in self._verified else None
+        ok = self._status == STATUS_OK
         filled = 0
         for start in range(0, self.num_rows, READ_BLOCK):
             sel = keep[start : start + READ_BLOCK]
             count = int(sel.sum())
-            if count == 0:
+            if count == 0 and hasher is None:
                 continue
             # One contiguous slice per block, masked in memory.
             block = ds[start : start + len(sel)]
-            out[filled : filled + count] = block[sel]
+            if hasher is not None:
+                hasher.update(block)
+            picked = block[sel]
+            if not np.isfinite(picked[ok[start : start + len(sel)][sel]]).all():
+                raise StoreDamagedError(
+                    f"store {self.path}: expected finite {name} features in every ok row, "
+                    "got NaN or inf: the store is damaged; extract it again with --overwrite"
+                )
+            out[filled : filled + count] = picked
             filled += count
+        if hasher is not None:
+            if hasher.hexdigest() != str(recorded):
+                raise self._damaged(f"/features/{name} does not match its checksum")
+            self._verified.add(name)
         return out
 
     def _require(self, kind: str) -> None:
@@ -509,6 +675,11 @@ def import_features(
             f"store {out}: expected a new store name, a store already exists "
             "(pass --overwrite / overwrite=True to replace it)"
         )
+    require_free_space(
+        out.parent,
+        arr.nbytes + arr.shape[0] * 256 + (1 << 16),
+        f"importing {arr.shape[0]} rows into {out.name}",
+    )
     label_names = sorted({lab for lab in labels if lab})
     index = {lab: i for i, lab in enumerate(label_names)}
     order = np.argsort(np.asarray(paths, dtype=object), kind="stable")

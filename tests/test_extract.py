@@ -282,7 +282,9 @@ def test_a_second_writer_is_refused(digits: Path, backbone: Backbone, tmp_path: 
     assert extract(discover(digits), backbone, out, SETTINGS).rows == 30
 
 
-def test_failed_rows_are_kept_until_retry_failed(tmp_path: Path, backbone: Backbone) -> None:
+def test_failed_rows_are_kept_until_retry_failed_or_the_file_changes(
+    tmp_path: Path, backbone: Backbone
+) -> None:
     data = digits_folder(tmp_path, per_class=1)
     good = sorted((data / "2").iterdir())[0]
     saved = good.read_bytes()
@@ -291,8 +293,10 @@ def test_failed_rows_are_kept_until_retry_failed(tmp_path: Path, backbone: Backb
     assert [p for p, _ in extract(discover(data), backbone, out, SETTINGS).failed] == [
         f"2/{good.name}"
     ]
-    good.write_bytes(saved)  # the user fixes the file
-    assert extract(discover(data), backbone, out, SETTINGS).up_to_date
+    assert extract(discover(data), backbone, out, SETTINGS).up_to_date  # unchanged: kept
     retry = ExtractSettings(**{**SETTINGS.__dict__, "retry_failed": True})
     report = extract(discover(data), backbone, out, retry)
+    assert (report.extracted, len(report.failed)) == (1, 1)  # decoded again, still bad
+    good.write_bytes(saved)  # the user fixes the file: a changed file is extracted again
+    report = extract(discover(data), backbone, out, SETTINGS)
     assert (report.extracted, report.failed, report.rows) == (1, [], 10)

@@ -25,6 +25,7 @@ from rich.progress import (
 from rich.progress import Progress as RichProgressBar
 
 from featkit.errors import FeatkitError
+from featkit.integrity import is_disk_full
 from featkit.progress import ProgressTask
 from featkit.workspace import DEFAULT_WORKSPACE
 
@@ -71,6 +72,17 @@ def user_errors(func: F) -> F:
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]: rerun the same command to resume")
             raise typer.Exit(130) from None
+        except OSError as error:
+            # A full disk met outside featkit's own writers (a library writing for us).
+            if not is_disk_full(error):
+                raise
+            console.print(
+                f"[bold red]error:[/] disk full: {' '.join(str(error).split())}; free space "
+                "and rerun the same command, it resumes where it stopped",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
 
