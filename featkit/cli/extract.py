@@ -13,6 +13,7 @@ from featkit.cli._common import (
     out,
     progress_bars,
     resolve_workspace,
+    safe_loads,
     user_errors,
 )
 
@@ -155,9 +156,10 @@ def extract_command(
     if random_init:
         # Same seed every run (and on every rank), so that a resumed run has the same weights.
         torch.manual_seed(0)
-    backbone = create_backbone(
-        model, weights=weights, image_size=image_size, pretrained=not random_init
-    )
+    with safe_loads("--model", model):
+        backbone = create_backbone(
+            model, weights=weights, image_size=image_size, pretrained=not random_init
+        )
     if adapter is not None and tuned is not None:
         backbone = load_tuned_backbone(backbone, adapter)
         # The tuned weights are what the store's features depend on: fingerprint them.
