@@ -90,6 +90,11 @@ def extract_command(
     retry_failed: bool = typer.Option(
         False, "--retry-failed", help="Decode images that failed last time again."
     ),
+    allow_outside_root: bool = typer.Option(
+        False,
+        "--allow-outside-root",
+        help="Let a CSV manifest name files outside its folder (../ or absolute paths).",
+    ),
     random_init: bool = typer.Option(
         False,
         "--random-init",
@@ -145,7 +150,7 @@ def extract_command(
     # Under torchrun every copy of this command is one rank of the job; rank 0 talks.
     ctx = context_from_env(os.environ)
     device = rank_device(ctx, device, torch.cuda.is_available())
-    dataset = discover(data)
+    dataset = discover(data, allow_outside_root=allow_outside_root)
     tuned = adapter_fingerprint(adapter) if adapter is not None else None
     if tuned is not None:
         suffix = f"{tuned['adapter_method']}-{tuned['adapter_sha256'][:8]}"
