@@ -589,6 +589,9 @@ def _merge(
             grid=grid_hw,
         )
         h5.attrs["plan_id"] = plan.plan_id
+        # Where the paths are relative to (for a manifest with --allow-outside-root, the
+        # resolved folder above every file): a record, not a key.
+        h5.attrs["data_root"] = str(dataset.root)
         for start in range(0, len(records), block):
             n = min(len(records), start + block) - start
             out = {name: np.empty((n, *shape), dtype=dt) for name, (shape, dt) in shapes.items()}
