@@ -17,7 +17,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import shutil
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -189,10 +188,3 @@ def require_free_space(folder: Path, needed: int, what: str) -> None:
             f"{human_bytes(free)} free; free space and rerun the same command, "
             "it resumes where it stopped"
         )
-
-
-def checksums(h5: h5py.File) -> Iterable[tuple[str, str | None]]:
-    """(dataset name, recorded checksum or None) for every dataset of an open file."""
-    for ds in _datasets(h5):
-        value = ds.attrs.get(CHECKSUM_ATTR)
-        yield ds.name, (str(value) if value is not None else None)

@@ -434,7 +434,8 @@ class Store:
         # way (hashing costs far less than the read); later reads skip unselected blocks.
         hasher = Hasher(ds.dtype) if recorded is not None and name not in self._verified else None
         ok = self._status == STATUS_OK
-        filled = 0
+        row_size = int(np.prod(ds.shape[1:]))
+        filled, bad_rows = 0, 0
         for start in range(0, self.num_rows, READ_BLOCK):
             sel = keep[start : start + READ_BLOCK]
             count = int(sel.sum())
@@ -445,13 +446,16 @@ class Store:
             if hasher is not None:
                 hasher.update(block)
             picked = block[sel]
-            if not np.isfinite(picked[ok[start : start + len(sel)][sel]]).all():
-                raise StoreDamagedError(
-                    f"store {self.path}: expected finite {name} features in every ok row, "
-                    "got NaN or inf: the store is damaged; extract it again with --overwrite"
-                )
+            okay = picked[ok[start : start + len(sel)][sel]].reshape(-1, row_size)
+            bad_rows += int((~np.isfinite(okay).all(axis=1)).sum())
             out[filled : filled + count] = picked
             filled += count
+        if bad_rows:
+            raise StoreDamagedError(
+                f"store {self.path}: expected finite {name} features, got NaN/inf in "
+                f"{bad_rows} image(s) marked ok: the store is damaged; extract it again "
+                "with --overwrite"
+            )
         if hasher is not None:
             if hasher.hexdigest() != str(recorded):
                 raise self._damaged(f"/features/{name} does not match its checksum")
@@ -690,6 +694,7 @@ def import_features(
         "features_sha256": hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest(),
         "dim": int(arr.shape[1]),
     }
+    _remove_stale_imports(out)
     # Imports take no extraction lock: a private temporary name keeps two racing imports
     # from writing into one file; the last complete one wins the os.replace.
     with atomic_hdf5(out, out.with_name(f".{out.name}.{os.getpid()}{TMP_SUFFIX}")) as h5:
@@ -713,3 +718,25 @@ def import_features(
             errors=[""] * len(order),
         )
     return out
+
+
+def _remove_stale_imports(out: Path) -> None:
+    """Delete temporary files of earlier imports of ``out`` whose process is gone.
+
+    A killed import leaves ``.<name>.<pid>.tmp`` (as large as the store); one whose
+    process still runs is another import in progress and is left alone.
+    """
+    prefix = f".{out.name}."
+    if not out.parent.is_dir():
+        return
+    for tmp in out.parent.glob(f"{prefix}*{TMP_SUFFIX}"):
+        pid = tmp.name[len(prefix) : -len(TMP_SUFFIX)]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        except OSError:
+            pass  # alive but not ours (EPERM): leave it

@@ -269,3 +269,15 @@ def test_truncated_store_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(FeatkitError) as err, open_store(path) as store:
         store.features("cls")
     assert "m.h5" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_import_removes_temporary_files_of_killed_imports(tmp_path: Path) -> None:
+    store = _toy_store(tmp_path)
+    dead, alive = 2**22 + 12345, os.getppid()  # pid_max is at most 2**22: never running
+    stale = store.with_name(f".{store.name}.{dead}.tmp")
+    running = store.with_name(f".{store.name}.{alive}.tmp")
+    stale.write_bytes(b"\0" * 1000)
+    running.write_bytes(b"\0" * 1000)
+    csv = tmp_path / "labels.csv"
+    import_features(np.ones((40, 8), np.float32), csv, "m", tmp_path, overwrite=True)
+    assert not stale.exists() and running.exists()
