@@ -15,47 +15,62 @@ from. Shard ``k`` always holds work-list rows ``[k*S, (k+1)*S)`` and is batched 
 way, so a resumed run computes exactly the numbers an uninterrupted one does. Because
 shards name their rows by work-list index, a distributed run can split the shard
 numbers between ranks (rank ``r`` takes shards ``r::world``) and rank 0 merges.
+
+The shard phase lives in :mod:`featkit.extract_shards`, the merge in
+:mod:`featkit.extract_merge`; this module plans, locks and drives them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
-import math
-import os
 import shutil
 import time
-from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from featkit.atomic import atomic_path
-from featkit.errors import FeatkitError, FingerprintMismatchError, ImageDecodeError
+from featkit.errors import FeatkitError, FingerprintMismatchError
+
+# Names that lived in this module before the shard and merge phases moved out of it.
+from featkit.extract_merge import MERGE_BYTES as MERGE_BYTES
+from featkit.extract_merge import _index_shards as _index_shards
+from featkit.extract_merge import _merge
+from featkit.extract_merge import _RowSources as _RowSources
+from featkit.extract_merge import _runs as _runs
+from featkit.extract_shards import (
+    MANIFEST,
+    Stat,
+    _Plan,
+    _read_manifest,
+    _run_shards,
+    _Runner,
+    _shard_done,
+    _shard_path,
+    _write_json_atomic,
+    file_stats,
+)
+from featkit.extract_shards import MANIFEST_FORMAT as MANIFEST_FORMAT
+from featkit.extract_shards import _decode_one as _decode_one
+from featkit.extract_shards import _decoded as _decoded
+from featkit.extract_shards import _write_shard as _write_shard
 from featkit.fingerprint import BINDING_KEYS, INFO_KEYS, differences, make_fingerprint
-from featkit.integrity import require_free_space, verify_file, write_checked
+from featkit.integrity import require_free_space
 from featkit.progress import SILENT, Progress
 from featkit.store import (
-    STATUS_FAILED,
     STATUS_OK,
     TMP_SUFFIX,
     Store,
-    StoreWriter,
-    atomic_hdf5,
     fsync_dir,
     open_store,
 )
+from featkit.store import StoreWriter as StoreWriter
+from featkit.store import atomic_hdf5 as atomic_hdf5
 
 if TYPE_CHECKING:
-    import h5py
-    import torch
-
     from featkit.backbones import Backbone
     from featkit.data import Dataset, ImageRecord
     from featkit.distributed import Coordinator
@@ -63,12 +78,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("featkit")
 
 PATCH_MODES = ("full", "mean", "none")
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 1
 # A shard is held in memory until written; cap it whatever --shard-size says.
 SHARD_BYTES = 64 << 20
-# Rows per block when the merge copies features into the final store.
-MERGE_BYTES = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -134,481 +145,6 @@ def _check_settings(settings: ExtractSettings) -> None:
             raise FeatkitError(f"{name}: expected a positive integer, got {value!r}")
     if not isinstance(settings.workers, int) or settings.workers < 0:
         raise FeatkitError(f"workers: expected an integer >= 0, got {settings.workers!r}")
-
-
-# -- decoding ---------------------------------------------------------------------
-def _decode_one(
-    root: Path, transform: Callable[[Any], torch.Tensor], rel: str
-) -> tuple[torch.Tensor | None, str]:
-    from featkit.data import load_image
-
-    try:
-        return transform(load_image(root / rel)), ""
-    except ImageDecodeError as err:
-        return None, str(err) or "cannot decode"
-    except (OSError, ValueError) as err:
-        # A file that vanished or a transform that refuses the image: record, go on.
-        return None, f"{type(err).__name__}: {err}"
-
-
-def _decoded(
-    items: Sequence[str], decode: Callable[[str], Any], workers: int, lookahead: int
-) -> Generator[Any, None, None]:
-    """``map(decode, items)`` in order, with up to ``lookahead`` decodes in flight."""
-    if workers == 0:
-        yield from map(decode, items)
-        return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featkit-decode") as pool:
-        pending: deque[Any] = deque()
-        for item in items:
-            pending.append(pool.submit(decode, item))
-            if len(pending) >= lookahead:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
-# -- the plan -----------------------------------------------------------------------
-Stat = tuple[int, int]  # (size in bytes, mtime in ns) of an image file; (-1, -1): unknown
-
-
-def file_stats(dataset: Dataset) -> dict[str, Stat]:
-    """(size, mtime_ns) of every image of ``dataset`` now: what a row is keyed by."""
-    stats: dict[str, Stat] = {}
-    for record in dataset.records:
-        try:
-            st = os.stat(dataset.root / record.path)
-            stats[record.path] = (int(st.st_size), int(st.st_mtime_ns))
-        except OSError:
-            stats[record.path] = (-1, -1)  # the decode records why
-    return stats
-
-
-@dataclass
-class _Plan:
-    fingerprint: dict[str, Any]
-    work: list[str]  # relative paths to extract, in path order
-    shard_size: int
-    # (size, mtime_ns) of each work image when planned: an image changed after an
-    # interrupted run changes the plan id, so its stale shard is not reused.
-    stats: list[Stat] = field(default_factory=list)
-
-    @property
-    def plan_id(self) -> str:
-        blob = json.dumps(
-            {
-                "fp": {k: self.fingerprint.get(k) for k in BINDING_KEYS},
-                "work": self.work,
-                "shard": self.shard_size,
-                **({"stats": [list(x) for x in self.stats]} if self.stats else {}),
-            },
-            sort_keys=True,
-        )
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    @property
-    def num_shards(self) -> int:
-        return math.ceil(len(self.work) / self.shard_size)
-
-    def shard_rows(self, k: int) -> range:
-        return range(k * self.shard_size, min(len(self.work), (k + 1) * self.shard_size))
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "format": MANIFEST_FORMAT,
-            "plan_id": self.plan_id,
-            "fingerprint": self.fingerprint,
-            "shard_size": self.shard_size,
-            "work": self.work,
-            "stats": [list(x) for x in self.stats],
-        }
-
-
-def _shard_path(work_dir: Path, k: int) -> Path:
-    return work_dir / f"shard-{k:06d}.h5"
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data), encoding="utf-8")
-
-
-def _read_manifest(work_dir: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((work_dir / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-        return None
-    return data
-
-
-def _shard_done(path: Path, plan: _Plan, k: int) -> bool:
-    """A shard counts only if it opens, holds exactly the rows the plan gives it, and
-    every dataset matches the checksum recorded when it was written."""
-    import h5py
-
-    if not path.is_file():
-        return False
-    try:
-        with h5py.File(path, "r") as h5:
-            index = h5["index"][:]
-            mine = bool(
-                h5.attrs.get("plan_id") == plan.plan_id
-                and np.array_equal(index, np.asarray(plan.shard_rows(k), dtype=np.int64))
-            )
-    except (OSError, KeyError):
-        return False
-    if not mine:
-        return False
-    damage = verify_file(path)
-    if damage:
-        logger.warning("shard %s is damaged (%s); extracting it again", path.name, damage[0])
-    return not damage
-
-
-# -- the forward pass ---------------------------------------------------------------
-class _Runner:
-    """Runs batches through the backbone and lays results out as shard arrays."""
-
-    def __init__(self, backbone: Backbone, device: str, precision: str, patches: str) -> None:
-        self.backbone = backbone
-        self.device = device
-        self.precision = precision
-        self.patches = patches
-
-    def forward(
-        self, images: list[torch.Tensor]
-    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        import torch
-
-        from featkit.precision import autocast
-
-        batch = torch.stack(images).to(self.device, non_blocking=True)
-        with torch.inference_mode(), autocast(self.precision, self.device):
-            out = self.backbone(batch)
-        cls = out.cls.float().cpu().numpy()
-        if self.patches == "none":
-            return cls, None, None
-        grid = out.patches.float()
-        mean = grid.mean(dim=(1, 2)).cpu().numpy()
-        full = grid.half().cpu().numpy() if self.patches == "full" else None
-        return cls, mean, full
-
-
-def _write_shard(
-    path: Path,
-    plan: _Plan,
-    k: int,
-    cls: np.ndarray,
-    mean: np.ndarray | None,
-    grid: np.ndarray | None,
-    status: list[str],
-    errors: list[str],
-) -> None:
-    from featkit.store import _str_dtype
-
-    rows = plan.shard_rows(k)
-    sdt = _str_dtype()
-    with atomic_hdf5(path) as h5:
-        h5.attrs["plan_id"] = plan.plan_id
-        write_checked(h5, "index", np.asarray(rows, dtype=np.int64))
-        write_checked(h5, "path", [plan.work[i] for i in rows], sdt)
-        write_checked(h5, "cls", cls)
-        if mean is not None:
-            write_checked(h5, "patch_mean", mean)
-        if grid is not None:
-            write_checked(h5, "patches", grid)
-        write_checked(h5, "status", status, sdt)
-        write_checked(h5, "error", errors, sdt)
-
-
-def _run_shards(
-    plan: _Plan,
-    shard_ids: Sequence[int],
-    work_dir: Path,
-    root: Path,
-    runner: _Runner,
-    settings: ExtractSettings,
-    grid_hw: tuple[int, int],
-    progress: Progress,
-) -> tuple[int, float]:
-    """Extract the given shards; returns (images extracted, seconds spent)."""
-    dim = runner.backbone.embed_dim
-    transform = runner.backbone.preprocessing.transform()
-    items = [plan.work[i] for k in shard_ids for i in plan.shard_rows(k)]
-    task = progress.task("extract", total=len(items))
-    decoded = _decoded(
-        items,
-        lambda rel: _decode_one(root, transform, rel),
-        settings.workers,
-        lookahead=2 * settings.batch_size,
-    )
-    started = time.perf_counter()
-    done = 0
-    try:
-        for k in shard_ids:
-            n = len(plan.shard_rows(k))
-            cls = np.full((n, dim), np.nan, dtype=np.float32)
-            mean = (
-                np.full((n, dim), np.nan, dtype=np.float32) if settings.patches != "none" else None
-            )
-            grid = (
-                np.full((n, *grid_hw, dim), np.nan, dtype=np.float16)
-                if settings.patches == "full"
-                else None
-            )
-            status = [STATUS_OK] * n
-            errors = [""] * n
-            for lo in range(0, n, settings.batch_size):
-                hi = min(n, lo + settings.batch_size)
-                images, where = [], []
-                for pos in range(lo, hi):
-                    tensor, reason = next(decoded)
-                    if tensor is None:
-                        status[pos], errors[pos] = STATUS_FAILED, reason
-                    else:
-                        images.append(tensor)
-                        where.append(pos)
-                if images:
-                    c, m, g = runner.forward(images)
-                    cls[where] = c
-                    if mean is not None and m is not None:
-                        mean[where] = m
-                    if grid is not None and g is not None:
-                        if g.shape[1:3] != grid_hw:
-                            raise RuntimeError(
-                                f"backbone returned a {g.shape[1:3]} grid, expected {grid_hw}"
-                            )
-                        grid[where] = g
-                done += hi - lo
-                elapsed = time.perf_counter() - started
-                task.advance(hi - lo, img_s=done / elapsed if elapsed > 0 else 0.0)
-            _write_shard(_shard_path(work_dir, k), plan, k, cls, mean, grid, status, errors)
-    finally:
-        decoded.close()
-        task.close()
-    return done, time.perf_counter() - started
-
-
-# -- the merge ---------------------------------------------------------------------
-@dataclass
-class _ShardIndex:
-    """Where every work-list row lives among the shard files."""
-
-    files: list[Path]
-    shard_of: np.ndarray  # [W] int
-    pos_of: np.ndarray  # [W] int
-    status: np.ndarray  # [W] str
-    errors: np.ndarray  # [W] str
-
-
-def _index_shards(work_dir: Path, plan: _Plan) -> _ShardIndex:
-    import h5py
-
-    from featkit.store import _read_str
-
-    size = len(plan.work)
-    shard_of = np.full(size, -1, dtype=np.int64)
-    pos_of = np.zeros(size, dtype=np.int64)
-    status = np.empty(size, dtype=object)
-    errors = np.empty(size, dtype=object)
-    files = sorted(work_dir.glob("shard-*.h5"))
-    for f, path in enumerate(files):
-        with h5py.File(path, "r") as h5:
-            if h5.attrs.get("plan_id") != plan.plan_id:
-                continue
-            index = h5["index"][:]
-            shard_of[index] = f
-            pos_of[index] = np.arange(len(index))
-            status[index] = _read_str(h5["status"])
-            errors[index] = _read_str(h5["error"])
-    missing = np.flatnonzero(shard_of < 0)
-    if len(missing):
-        raise RuntimeError(
-            f"{len(missing)} work rows have no shard (first: {plan.work[missing[0]]})"
-        )
-    return _ShardIndex(files, shard_of, pos_of, status, errors)
-
-
-def _runs(rows: np.ndarray) -> Iterator[tuple[int, int, int]]:
-    """Split ascending ``rows`` into maximal consecutive runs: (offset, first, length)."""
-    if len(rows) == 0:
-        return
-    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-    starts = np.concatenate([[0], breaks])
-    ends = np.concatenate([breaks, [len(rows)]])
-    for s, e in zip(starts, ends, strict=True):
-        yield int(s), int(rows[s]), int(e - s)
-
-
-class _RowSources:
-    """Where every row of the new store comes from: a shard or the previous store.
-
-    Output rows are in path order; so are the work list and the previous store, so both
-    sources are read forwards, in contiguous slices.
-    """
-
-    def __init__(self, paths: list[str], plan: _Plan, work_dir: Path, old: Store | None) -> None:
-        work_pos = {p: i for i, p in enumerate(plan.work)}
-        old_row = {p: i for i, p in enumerate(old.paths(include_failed=True))} if old else {}
-        self.old = old
-        self.shards = _index_shards(work_dir, plan) if plan.work else None
-        self.from_new = np.array([p in work_pos for p in paths], dtype=bool)
-        self.src = np.array(
-            [
-                work_pos[p] if new else old_row[p]
-                for p, new in zip(paths, self.from_new, strict=True)
-            ],
-            dtype=np.int64,
-        )
-        self._open: dict[int, h5py.File] = {}
-
-    def file_stats(self, now: dict[str, Stat], paths: list[str]) -> tuple[list[int], list[int]]:
-        """(sizes, mtimes) for the new store: as planned for new rows, as recorded for reused.
-
-        A reused row keeps what its store recorded (unknown in stores from older
-        versions), so the store never claims a file state its features were not made from.
-        """
-        recorded = self.old.file_stats() if self.old is not None else None
-        sizes, mtimes = [], []
-        for p, s, new in zip(paths, self.src, self.from_new, strict=True):
-            if new:
-                size, mtime = now.get(p, (-1, -1))
-            elif recorded is not None:
-                size, mtime = int(recorded[0][s]), int(recorded[1][s])
-            else:
-                size, mtime = -1, -1
-            sizes.append(size)
-            mtimes.append(mtime)
-        return sizes, mtimes
-
-    def status_and_errors(self) -> tuple[list[str], list[str]]:
-        old_status = np.asarray(self.old.status() if self.old else [], dtype=object)
-        old_errors = np.asarray(self.old.errors() if self.old else [], dtype=object)
-        status, errors = [], []
-        for s, new in zip(self.src, self.from_new, strict=True):
-            if new and self.shards is not None:
-                status.append(str(self.shards.status[s]))
-                errors.append(str(self.shards.errors[s]))
-            else:
-                status.append(str(old_status[s]))
-                errors.append(str(old_errors[s]))
-        return status, errors
-
-    def _shard_file(self, f: int) -> h5py.File:
-        import h5py
-
-        if f not in self._open:
-            # Shards are visited in order: keep only the last few open.
-            for stale in list(self._open)[:-2]:
-                self._open.pop(stale).close()
-            assert self.shards is not None
-            self._open[f] = h5py.File(self.shards.files[f], "r")
-        return self._open[f]
-
-    def fill(self, start: int, out: dict[str, np.ndarray]) -> None:
-        """Fill ``out[name][i]`` with row ``start + i`` of every dataset ``name``."""
-        stop = start + len(out["cls"])
-        new, rows = self.from_new[start:stop], self.src[start:stop]
-        if self.old is not None:
-            old_at = np.flatnonzero(~new)
-            for off, first, length in _runs(rows[old_at]):
-                for name, array in out.items():
-                    array[old_at[off : off + length]] = self.old.raw_rows(
-                        name, first, first + length
-                    )
-        if self.shards is not None:
-            new_at = np.flatnonzero(new)
-            shard = self.shards.shard_of[rows[new_at]]
-            for f in np.unique(shard).tolist():
-                targets = new_at[shard == f]
-                pos = self.shards.pos_of[rows[targets]]
-                lo, hi = int(pos.min()), int(pos.max()) + 1
-                handle = self._shard_file(f)
-                for name, array in out.items():
-                    array[targets] = handle[name][lo:hi][pos - lo]
-
-    def close(self) -> None:
-        for handle in self._open.values():
-            handle.close()
-        self._open.clear()
-
-
-def _merge(
-    out_path: Path,
-    dataset: Dataset,
-    plan: _Plan,
-    work_dir: Path,
-    previous: Path | None,
-    model_name: str,
-    dim: int,
-    grid_hw: tuple[int, int] | None,
-    patches: str,
-    progress: Progress,
-    stats: dict[str, Stat] | None = None,
-) -> None:
-    """Stream the previous store's rows and the shards into a new store, in path order."""
-    records = sorted(dataset.records, key=lambda r: r.path)
-    paths = [r.path for r in records]
-    label_index = {name: i for i, name in enumerate(dataset.label_names)}
-    shapes: dict[str, tuple[tuple[int, ...], Any]] = {"cls": ((dim,), np.float32)}
-    if patches != "none":
-        shapes["patch_mean"] = ((dim,), np.float32)
-    if grid_hw is not None:
-        shapes["patches"] = ((*grid_hw, dim), np.float16)
-    row_bytes = sum(int(np.prod(shape)) * np.dtype(dt).itemsize for shape, dt in shapes.values())
-    block = max(1, MERGE_BYTES // row_bytes)
-
-    with contextlib.ExitStack() as stack:
-        # Entered first so that it exits last: the new file is fsynced and moved into
-        # place only after the previous store and the shards are closed.
-        h5 = stack.enter_context(atomic_hdf5(out_path))
-        old = stack.enter_context(open_store(previous)) if previous is not None else None
-        if old is not None:
-            # Rows copied from the previous store get a fresh checksum in the new one,
-            # so damage there must be found now or it would be blessed.
-            damage = old.verify()
-            if damage:
-                raise old._damaged("; ".join(damage))
-        sources = _RowSources(paths, plan, work_dir, old)
-        stack.callback(sources.close)
-        status, errors = sources.status_and_errors()
-        file_sizes, file_mtimes = sources.file_stats(stats or {}, paths)
-        task = progress.task("merge", total=len(records))
-        stack.callback(task.close)
-        writer = StoreWriter(
-            h5,
-            num_rows=len(records),
-            dim=dim,
-            dataset=dataset.name,
-            model=model_name,
-            label_names=dataset.label_names,
-            fingerprint=plan.fingerprint,
-            patch_mean="patch_mean" in shapes,
-            grid=grid_hw,
-        )
-        h5.attrs["plan_id"] = plan.plan_id
-        # Where the paths are relative to (for a manifest with --allow-outside-root, the
-        # resolved folder above every file): a record, not a key.
-        h5.attrs["data_root"] = str(dataset.root)
-        for start in range(0, len(records), block):
-            n = min(len(records), start + block) - start
-            out = {name: np.empty((n, *shape), dtype=dt) for name, (shape, dt) in shapes.items()}
-            sources.fill(start, out)
-            writer.write_features(start, out["cls"], out.get("patch_mean"), out.get("patches"))
-            task.advance(n)
-        writer.write_images(
-            paths=paths,
-            labels=np.array(
-                [-1 if r.label is None else label_index[r.label] for r in records], dtype=np.int64
-            ),
-            splits=[r.split or "" for r in records],
-            status=status,
-            errors=errors,
-            sizes=file_sizes,
-            mtimes=file_mtimes,
-        )
 
 
 # -- the entry point -------------------------------------------------------------------
