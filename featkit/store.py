@@ -28,207 +28,37 @@ written, because HDF5 can lose an out-of-space error while closing a file.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
-import os
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from featkit.atomic import fsync_dir
 from featkit.errors import FeatkitError, StoreDamagedError
 from featkit.integrity import (
     CHECKSUM_ATTR,
     Hasher,
-    disk_full,
-    is_disk_full,
-    require_free_space,
-    verify_file,
-    write_checked,
 )
 
 if TYPE_CHECKING:
     import h5py
 
-FORMAT_VERSION = 1
-FEATURE_KINDS = ("cls", "patch_mean", "cls+patch_mean")
-SPLITS = ("train", "val", "test", "")
-STATUS_OK = "ok"
-STATUS_FAILED = "failed"
-TMP_SUFFIX = ".tmp"
-
-# Rows read per HDF5 slice: large enough to amortise per-call overhead, small enough
-# that reading [N, D] features never needs more than a few MiB beyond the result.
-READ_BLOCK = 4096
-
-
-def _str_dtype() -> Any:
-    import h5py
-
-    return h5py.string_dtype("utf-8")
-
-
-@contextlib.contextmanager
-def atomic_hdf5(path: Path, tmp_path: Path | None = None) -> Iterator[h5py.File]:
-    """Write an HDF5 file under a temporary name and move it into place only when complete.
-
-    After closing, the file is fsynced, reopened and every dataset compared with the
-    checksum recorded when it was written (see :mod:`featkit.integrity`); only a file
-    that passes is renamed into place. Running out of space raises
-    :class:`~featkit.errors.DiskFullError`, a file that fails verification
-    :class:`~featkit.errors.StoreDamagedError`; either way the previous file (if any)
-    is untouched. A crash before the ``os.replace`` leaves a stale temporary file that
-    the next writer overwrites.
-    """
-    import h5py
-
-    path = Path(path)
-    tmp = Path(tmp_path) if tmp_path is not None else path.with_name(path.name + TMP_SUFFIX)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        try:
-            with h5py.File(tmp, "w") as h5:
-                yield h5
-                h5.flush()
-            with open(tmp, "rb+") as handle:
-                os.fsync(handle.fileno())
-        except OSError as err:
-            if is_disk_full(err):
-                raise disk_full(path) from None
-            raise
-        damage = verify_file(tmp)
-        if damage:
-            raise StoreDamagedError(
-                f"{path}: the file just written failed verification ({damage[0]}), so it "
-                "was not kept; the disk may be full or failing: free space and rerun the "
-                "same command, it resumes where it stopped"
-            )
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        # A Python-level failure cleans up; a kill -9 leaves the temp file for the next run.
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
-class StoreWriter:
-    """Fills a freshly created store block by block (rows must come in path order).
-
-    The caller owns the file (normally from :func:`atomic_hdf5`); the writer creates
-    the datasets with their final size so that memory stays flat in ``num_rows``.
-    """
-
-    def __init__(
-        self,
-        h5: h5py.File,
-        *,
-        num_rows: int,
-        dim: int,
-        dataset: str,
-        model: str,
-        label_names: Sequence[str],
-        fingerprint: dict[str, Any],
-        patch_mean: bool = True,
-        grid: tuple[int, int] | None = None,
-    ) -> None:
-        self.num_rows = num_rows
-        h5.attrs["format_version"] = FORMAT_VERSION
-        h5.attrs["dataset"] = dataset
-        h5.attrs["model"] = model
-        h5.attrs["label_names"] = json.dumps(list(label_names))
-        h5.attrs["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
-        feats = h5.create_group("features")
-        chunk_rows = max(1, min(num_rows, max(1, (1 << 20) // max(1, 4 * dim))))
-        shapes: dict[str, tuple[tuple[int, ...], str, tuple[int, ...] | None]] = {
-            "cls": ((dim,), "f4", (chunk_rows, dim))
-        }
-        if patch_mean:
-            shapes["patch_mean"] = ((dim,), "f4", (chunk_rows, dim))
-        if grid is not None:
-            shapes["patches"] = ((*grid, dim), "f2", (1, *grid, dim))
-        self._datasets: dict[str, h5py.Dataset] = {}
-        self._hashers: dict[str, Hasher] = {}
-        for name, (shape, dtype, chunks) in shapes.items():
-            ds = feats.create_dataset(
-                name, shape=(num_rows, *shape), dtype=dtype, chunks=chunks if num_rows else None
-            )
-            self._datasets[name] = ds
-            self._hashers[name] = Hasher(dtype)
-            ds.attrs[CHECKSUM_ATTR] = self._hashers[name].hexdigest()
-        self._next = 0
-        self._images = h5.create_group("images")
-
-    def write_features(
-        self,
-        start: int,
-        cls: np.ndarray,
-        patch_mean: np.ndarray | None = None,
-        patches: np.ndarray | None = None,
-    ) -> None:
-        """Write rows ``start : start + len(cls)``; blocks come in order, without gaps.
-
-        The order is what lets each dataset's checksum be computed from the values
-        handed over, block by block; it is recorded after every block.
-        """
-        if start != self._next:
-            raise ValueError(f"rows must be written in order: expected start {self._next}")
-        given = {"cls": cls, "patch_mean": patch_mean, "patches": patches}
-        for name in self._datasets:
-            if given[name] is None:
-                what = "patch_mean" if name == "patch_mean" else "a patch grid"
-                raise ValueError(f"this store has {what}; pass it")
-        stop = start + len(cls)
-        for name, ds in self._datasets.items():
-            # Convert once, so that the bytes hashed are the bytes h5py stores.
-            values = np.ascontiguousarray(given[name], dtype=ds.dtype)
-            ds[start:stop] = values
-            self._hashers[name].update(values)
-            ds.attrs[CHECKSUM_ATTR] = self._hashers[name].hexdigest()
-        self._next = stop
-
-    def write_images(
-        self,
-        paths: Sequence[str],
-        labels: np.ndarray,
-        splits: Sequence[str],
-        status: Sequence[str],
-        errors: Sequence[str],
-        sizes: Sequence[int] | None = None,
-        mtimes: Sequence[int] | None = None,
-    ) -> None:
-        """The per-row metadata, all at once (a few bytes per row).
-
-        ``sizes`` and ``mtimes`` (nanoseconds) are the image files' as they were when
-        extracted, so that a changed image is noticed; -1 where unknown.
-        """
-        unknown = [-1] * self.num_rows
-        columns: dict[str, Sequence[Any] | np.ndarray] = {
-            "paths": paths,
-            "labels": labels,
-            "splits": splits,
-            "status": status,
-            "errors": errors,
-            "sizes": unknown if sizes is None else sizes,
-            "mtimes": unknown if mtimes is None else mtimes,
-        }
-        for name, values in columns.items():
-            if len(values) != self.num_rows:
-                raise ValueError(f"{name}: expected {self.num_rows} rows, got {len(values)}")
-        sdt = _str_dtype()
-        group = self._images
-        write_checked(group, "path", paths, sdt)
-        write_checked(group, "label", np.asarray(labels, dtype=np.int64))
-        write_checked(group, "split", splits, sdt)
-        write_checked(group, "status", status, sdt)
-        write_checked(group, "error", errors, sdt)
-        write_checked(group, "size", np.asarray(columns["sizes"], dtype=np.int64))
-        write_checked(group, "mtime_ns", np.asarray(columns["mtimes"], dtype=np.int64))
+# The writer and the import live in their own modules; their names stay importable here.
+from featkit.atomic import fsync_dir as fsync_dir
+from featkit.store_import import import_features as import_features
+from featkit.store_write import FEATURE_KINDS as FEATURE_KINDS
+from featkit.store_write import FORMAT_VERSION as FORMAT_VERSION
+from featkit.store_write import READ_BLOCK as READ_BLOCK
+from featkit.store_write import SPLITS as SPLITS
+from featkit.store_write import STATUS_FAILED as STATUS_FAILED
+from featkit.store_write import STATUS_OK as STATUS_OK
+from featkit.store_write import TMP_SUFFIX as TMP_SUFFIX
+from featkit.store_write import StoreWriter as StoreWriter
+from featkit.store_write import _str_dtype as _str_dtype
+from featkit.store_write import atomic_hdf5 as atomic_hdf5
 
 
 def _read_str(ds: h5py.Dataset) -> np.ndarray:
@@ -586,157 +416,3 @@ class Store:
 def open_store(path: str | Path) -> Store:
     """Open a store for reading (``with featkit.open_store(p) as store: ...``)."""
     return Store(path)
-
-
-# -- import ------------------------------------------------------------------------
-def _read_labels_csv(labels_csv: Path, num_rows: int) -> tuple[list[str], list[str], list[str]]:
-    """(labels, paths, splits) of an import CSV, validated against the feature count."""
-    import pandas as pd
-
-    if not labels_csv.is_file():
-        raise FeatkitError(f"labels CSV {labels_csv}: expected a CSV file, found nothing")
-    try:
-        frame = pd.read_csv(labels_csv, dtype=str, keep_default_na=False)
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise FeatkitError(f"labels CSV {labels_csv}: expected a readable CSV ({err})") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
-    if "label" not in frame.columns:
-        raise FeatkitError(
-            f"labels CSV {labels_csv}: expected a 'label' column, got columns "
-            f"{', '.join(frame.columns) or '(none)'}"
-        )
-    if len(frame) != num_rows:
-        raise FeatkitError(
-            f"labels CSV {labels_csv}: expected {num_rows} rows (one per feature row), "
-            f"got {len(frame)}"
-        )
-    labels = [s.strip() for s in frame["label"].tolist()]
-    width = max(6, len(str(num_rows)))
-    if "path" in frame.columns:
-        paths = [s.strip() for s in frame["path"].tolist()]
-        dupes = [p for p, c in Counter(paths).items() if c > 1]
-        if dupes or any(not p for p in paths):
-            raise FeatkitError(
-                f"labels CSV {labels_csv}: expected a unique, non-empty 'path' per row, "
-                f"got {'duplicates such as ' + repr(dupes[0]) if dupes else 'empty paths'}"
-            )
-    else:
-        # Zero-padded row numbers sort like the rows themselves.
-        paths = [f"{i:0{width}d}" for i in range(num_rows)]
-    if "split" in frame.columns:
-        splits = [s.strip().lower() for s in frame["split"].tolist()]
-        bad = sorted({s for s in splits if s not in SPLITS})
-        if bad:
-            raise FeatkitError(
-                f"labels CSV {labels_csv}: expected split values train, val, test or empty, "
-                f"got {', '.join(repr(b) for b in bad[:5])}"
-            )
-    else:
-        splits = [""] * num_rows
-    return labels, paths, splits
-
-
-def import_features(
-    features: np.ndarray,
-    labels_csv: Path,
-    name: str,
-    workspace: Path,
-    *,
-    dataset: str | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Write ``features`` (``[N, D]``, finite) with the labels of ``labels_csv`` as a store.
-
-    The store lands at ``<workspace>/<dataset>/<name>.h5`` (``dataset`` defaults to the
-    CSV's stem) with feature kind ``"cls"`` only. Rows are sorted by the CSV's ``path``
-    column (or kept in order when there is none). Returns the store path.
-    """
-    from featkit import __version__
-    from featkit.workspace import store_path
-
-    labels_csv = Path(labels_csv)
-    arr = np.asarray(features)
-    if arr.ndim != 2:
-        raise FeatkitError(f"features: expected a 2-D array [N, D], got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-        raise FeatkitError(f"features: expected a real numeric array, got dtype {arr.dtype}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise FeatkitError(f"features: expected at least one row and column, got {arr.shape}")
-    arr = arr.astype(np.float32, copy=False)
-    bad_rows = np.flatnonzero(~np.isfinite(arr).all(axis=1))
-    if len(bad_rows):
-        shown = ", ".join(str(int(r)) for r in bad_rows[:5])
-        more = f" and {len(bad_rows) - 5} more" if len(bad_rows) > 5 else ""
-        raise FeatkitError(
-            f"features: expected finite values, got NaN or inf in {len(bad_rows)} row(s): "
-            f"{shown}{more} (0-based)"
-        )
-    labels, paths, splits = _read_labels_csv(labels_csv, arr.shape[0])
-    dataset = dataset or labels_csv.stem
-    out = store_path(Path(workspace), dataset, name)
-    if out.exists() and not overwrite:
-        raise FeatkitError(
-            f"store {out}: expected a new store name, a store already exists "
-            "(pass --overwrite / overwrite=True to replace it)"
-        )
-    require_free_space(
-        out.parent,
-        arr.nbytes + arr.shape[0] * 256 + (1 << 16),
-        f"importing {arr.shape[0]} rows into {out.name}",
-    )
-    label_names = sorted({lab for lab in labels if lab})
-    index = {lab: i for i, lab in enumerate(label_names)}
-    order = np.argsort(np.asarray(paths, dtype=object), kind="stable")
-    fingerprint = {
-        "featkit_version": __version__,
-        "model": name,
-        "source": "import",
-        "features_sha256": hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest(),
-        "dim": int(arr.shape[1]),
-    }
-    _remove_stale_imports(out)
-    # Imports take no extraction lock: a private temporary name keeps two racing imports
-    # from writing into one file; the last complete one wins the os.replace.
-    with atomic_hdf5(out, out.with_name(f".{out.name}.{os.getpid()}{TMP_SUFFIX}")) as h5:
-        writer = StoreWriter(
-            h5,
-            num_rows=arr.shape[0],
-            dim=arr.shape[1],
-            dataset=dataset,
-            model=name,
-            label_names=label_names,
-            fingerprint=fingerprint,
-            patch_mean=False,
-        )
-        for start in range(0, len(order), READ_BLOCK):
-            writer.write_features(start, arr[order[start : start + READ_BLOCK]])
-        writer.write_images(
-            paths=[paths[i] for i in order],
-            labels=np.array([index[labels[i]] if labels[i] else -1 for i in order]),
-            splits=[splits[i] for i in order],
-            status=[STATUS_OK] * len(order),
-            errors=[""] * len(order),
-        )
-    return out
-
-
-def _remove_stale_imports(out: Path) -> None:
-    """Delete temporary files of earlier imports of ``out`` whose process is gone.
-
-    A killed import leaves ``.<name>.<pid>.tmp`` (as large as the store); one whose
-    process still runs is another import in progress and is left alone.
-    """
-    prefix = f".{out.name}."
-    if not out.parent.is_dir():
-        return
-    for tmp in out.parent.glob(f"{prefix}*{TMP_SUFFIX}"):
-        pid = tmp.name[len(prefix) : -len(TMP_SUFFIX)]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        except OSError:
-            pass  # alive but not ours (EPERM): leave it
