@@ -90,6 +90,9 @@ def write_checked(group: h5py.Group, name: str, data: Any, dtype: Any = None) ->
         hasher = Hasher(object)
         hasher.update(array)
     ds.attrs[CHECKSUM_ATTR] = hasher.hexdigest()
+    # Written through now, so that a full disk raises here and not, unseen, when h5py
+    # drops the dataset object.
+    ds.flush()
     return ds
 
 
@@ -134,9 +137,10 @@ def verify_file(path: Path, *, require: bool = True) -> list[str]:
 # -- full disks --------------------------------------------------------------------
 def is_disk_full(error: BaseException) -> bool:
     """True for the errors a full disk or an exhausted quota raises (also via HDF5)."""
-    if not isinstance(error, OSError):
+    # h5py raises OSError or RuntimeError for a failed HDF5 write, with errno in the text.
+    if not isinstance(error, (OSError, RuntimeError)):
         return False
-    if error.errno in _DISK_FULL_ERRNOS:
+    if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
         return True
     # h5py wraps the C error into a message and often drops errno.
     text = str(error)

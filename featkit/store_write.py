@@ -22,6 +22,7 @@ from featkit.integrity import (
     CHECKSUM_ATTR,
     Hasher,
     disk_full,
+    free_bytes,
     is_disk_full,
     verify_file,
     write_checked,
@@ -66,18 +67,22 @@ def atomic_hdf5(path: Path, tmp_path: Path | None = None) -> Iterator[h5py.File]
     tmp = Path(tmp_path) if tmp_path is not None else path.with_name(path.name + TMP_SUFFIX)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     try:
+        h5 = h5py.File(tmp, "w")
         try:
-            with h5py.File(tmp, "w") as h5:
-                yield h5
-                h5.flush()
-            with open(tmp, "rb+") as handle:
-                os.fsync(handle.fileno())
-        except OSError as err:
-            if is_disk_full(err):
-                raise disk_full(path) from None
+            yield h5
+            h5.flush()
+        except BaseException:
+            _abandon(h5, tmp)
             raise
+        h5.close()
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
         damage = verify_file(tmp)
         if damage:
+            free = free_bytes(tmp.parent)
+            if free is not None and free < (1 << 20):
+                # HDF5 lost the out-of-space error while closing; say what happened.
+                raise disk_full(path)
             raise StoreDamagedError(
                 f"{path}: the file just written failed verification ({damage[0]}), so it "
                 "was not kept; the disk may be full or failing: free space and rerun the "
@@ -85,11 +90,31 @@ def atomic_hdf5(path: Path, tmp_path: Path | None = None) -> Iterator[h5py.File]
             )
         os.replace(tmp, path)
         fsync_dir(path.parent)
+    except (OSError, RuntimeError) as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if is_disk_full(err):
+            raise disk_full(path) from None
+        raise
     except BaseException:
         # A Python-level failure cleans up; a kill -9 leaves the temp file for the next run.
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def _abandon(h5: h5py.File, tmp: Path) -> None:
+    """Close a file whose writing failed, without letting HDF5 fail again.
+
+    After an out-of-space error HDF5 still holds unwritten data and retries it when the
+    file is closed; a close that fails leaves the library in a state that can crash the
+    process later. Truncating the abandoned file first frees its space, so that the close
+    succeeds; the file is deleted anyway.
+    """
+    with contextlib.suppress(OSError):
+        os.truncate(tmp, 0)
+    with contextlib.suppress(Exception):
+        h5.close()
 
 
 class StoreWriter:
@@ -165,6 +190,9 @@ class StoreWriter:
             ds[start:stop] = values
             self._hashers[name].update(values)
             ds.attrs[CHECKSUM_ATTR] = self._hashers[name].hexdigest()
+            # Written through now, so that a full disk raises here and not, unseen,
+            # when h5py closes the dataset.
+            ds.flush()
         self._next = stop
 
     def write_images(
