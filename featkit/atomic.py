@@ -15,6 +15,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from featkit.integrity import disk_full, is_disk_full
+
 # mkstemp creates files readable by their owner only; results and weights are shared.
 FILE_MODE = 0o644
 
@@ -38,8 +40,10 @@ def fsync_file(path: Path) -> None:
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` durably.
 
-    On an exception the temporary file is removed and ``path`` is untouched; after a
-    ``kill -9`` a hidden ``.<name>.*.tmp`` file may remain, and ``path`` is untouched.
+    On an exception the temporary file is removed and ``path`` is untouched; running out
+    of space raises :class:`~featkit.errors.DiskFullError` (one line, rerun resumes).
+    After a ``kill -9`` a hidden ``.<name>.*.tmp`` file may remain, and ``path`` is
+    untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,8 +51,13 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(name)
     try:
-        yield tmp
-        fsync_file(tmp)
+        try:
+            yield tmp
+            fsync_file(tmp)
+        except OSError as err:
+            if is_disk_full(err):
+                raise disk_full(path) from None
+            raise
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
         fsync_dir(path.parent)

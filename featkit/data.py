@@ -7,7 +7,9 @@ A data source is one of
   ``root/val/...``, ``root/test/...``; the label names are the union over splits);
 - a folder of images with no sub-folders (unlabelled);
 - a CSV manifest with a ``path`` column (relative to the CSV's folder) and optional
-  ``label`` and ``split`` columns.
+  ``label`` and ``split`` columns. Paths that leave the CSV's folder (``../``, or
+  absolute paths elsewhere) are refused unless ``allow_outside_root=True``; then the
+  data set's root is the nearest folder holding every listed file.
 
 :func:`discover` only lists files; :func:`load_image` decodes one of them into RGB
 uint8 or raises :class:`~featkit.errors.ImageDecodeError` with a short reason, so that
@@ -41,7 +43,8 @@ __all__ = [
 
 logger = logging.getLogger("featkit")
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+# .gif: the first frame is decoded (Pillow's first frame of an animation).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 SPLITS = ("train", "val", "test")
 
 # Pillow's own default; an image with more pixels is refused before its data is read.
@@ -93,13 +96,14 @@ def is_image_file(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def discover(source: Path | str) -> Dataset:
+def discover(source: Path | str, *, allow_outside_root: bool = False) -> Dataset:
     """List the images of an image folder or a CSV manifest.
 
     Hidden files and folders (dot-prefixed) are ignored; records are sorted by their
     relative POSIX path, so the same files always give the same data set. Raises
     :class:`FeatkitError` for a missing source, a source with no images, a manifest
-    naming missing files, or split names other than train/val/test.
+    naming missing files, or split names other than train/val/test, and for manifest
+    paths outside the manifest's folder unless ``allow_outside_root``.
     """
     source = Path(source)
     if not source.exists():
@@ -111,7 +115,7 @@ def discover(source: Path | str) -> Dataset:
     if source.is_dir():
         return _discover_folder(absolute)
     if source.suffix.lower() == ".csv":
-        return _discover_manifest(absolute)
+        return _discover_manifest(absolute, allow_outside_root)
     raise FeatkitError(
         f"data source {source} is a {source.suffix or 'suffix-less'} file: "
         "expected an image folder or a .csv manifest"
@@ -205,7 +209,7 @@ def _discover_folder(root: Path) -> Dataset:
 # --- CSV manifests ---------------------------------------------------------------------
 
 
-def _discover_manifest(csv_path: Path) -> Dataset:
+def _discover_manifest(csv_path: Path, allow_outside_root: bool = False) -> Dataset:
     root = csv_path.parent
     try:
         with csv_path.open(newline="", encoding="utf-8-sig") as f:
@@ -237,6 +241,14 @@ def _discover_manifest(csv_path: Path) -> Dataset:
         if not raw:
             raise FeatkitError(f"manifest {csv_path} line {line}: expected a path, got none")
         rel = _relative(root, raw)
+        if (rel == ".." or rel.startswith("../")) and not allow_outside_root:
+            # A manifest is often shared; silently reading files anywhere on the disk
+            # would make its meaning depend on where it is opened.
+            raise FeatkitError(
+                f"manifest {csv_path} line {line}: path {raw} points outside {root}: "
+                "expected paths inside the manifest's folder (to use them anyway: "
+                "featkit extract --allow-outside-root)"
+            )
         if rel in seen:
             raise FeatkitError(f"manifest {csv_path} line {line}: path {raw} is listed twice")
         seen.add(rel)
@@ -259,6 +271,15 @@ def _discover_manifest(csv_path: Path) -> Dataset:
         )
     if not records:
         raise FeatkitError(f"manifest {csv_path} has a header but no rows: expected image paths")
+    if any(r.path.startswith("../") for r in records):
+        # The resolved root: the nearest folder above every file, so stored paths never
+        # hold "..".
+        files = [os.path.normpath(root / r.path) for r in records]
+        common = Path(os.path.commonpath([os.path.dirname(f) for f in files]))
+        records = [
+            ImageRecord(_relative(common, str(root / r.path)), r.label, r.split) for r in records
+        ]
+        root = common
     return _dataset(root, csv_path.stem, records)
 
 

@@ -18,3 +18,11 @@ class FingerprintMismatchError(FeatkitError):
 
 class ImageDecodeError(FeatkitError):
     """One image could not be decoded; the reason is recorded and the pass goes on."""
+
+
+class DiskFullError(FeatkitError):
+    """A write ran out of space; what was written before stays, and a rerun resumes."""
+
+
+class StoreDamagedError(FeatkitError):
+    """A store or shard does not match what was recorded when it was written."""

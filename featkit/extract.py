@@ -15,45 +15,62 @@ from. Shard ``k`` always holds work-list rows ``[k*S, (k+1)*S)`` and is batched 
 way, so a resumed run computes exactly the numbers an uninterrupted one does. Because
 shards name their rows by work-list index, a distributed run can split the shard
 numbers between ranks (rank ``r`` takes shards ``r::world``) and rank 0 merges.
+
+The shard phase lives in :mod:`featkit.extract_shards`, the merge in
+:mod:`featkit.extract_merge`; this module plans, locks and drives them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
-import math
 import shutil
 import time
-from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from featkit.atomic import atomic_path
-from featkit.errors import FeatkitError, FingerprintMismatchError, ImageDecodeError
+from featkit.errors import FeatkitError, FingerprintMismatchError
+
+# Names that lived in this module before the shard and merge phases moved out of it.
+from featkit.extract_merge import MERGE_BYTES as MERGE_BYTES
+from featkit.extract_merge import _index_shards as _index_shards
+from featkit.extract_merge import _merge
+from featkit.extract_merge import _RowSources as _RowSources
+from featkit.extract_merge import _runs as _runs
+from featkit.extract_shards import (
+    MANIFEST,
+    Stat,
+    _Plan,
+    _read_manifest,
+    _run_shards,
+    _Runner,
+    _shard_done,
+    _shard_path,
+    _write_json_atomic,
+    file_stats,
+)
+from featkit.extract_shards import MANIFEST_FORMAT as MANIFEST_FORMAT
+from featkit.extract_shards import _decode_one as _decode_one
+from featkit.extract_shards import _decoded as _decoded
+from featkit.extract_shards import _write_shard as _write_shard
 from featkit.fingerprint import BINDING_KEYS, INFO_KEYS, differences, make_fingerprint
+from featkit.integrity import require_free_space
 from featkit.progress import SILENT, Progress
 from featkit.store import (
-    STATUS_FAILED,
     STATUS_OK,
     TMP_SUFFIX,
     Store,
-    StoreWriter,
-    atomic_hdf5,
     fsync_dir,
     open_store,
 )
+from featkit.store import StoreWriter as StoreWriter
+from featkit.store import atomic_hdf5 as atomic_hdf5
 
 if TYPE_CHECKING:
-    import h5py
-    import torch
-
     from featkit.backbones import Backbone
     from featkit.data import Dataset, ImageRecord
     from featkit.distributed import Coordinator
@@ -61,12 +78,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("featkit")
 
 PATCH_MODES = ("full", "mean", "none")
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 1
 # A shard is held in memory until written; cap it whatever --shard-size says.
 SHARD_BYTES = 64 << 20
-# Rows per block when the merge copies features into the final store.
-MERGE_BYTES = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -134,423 +147,6 @@ def _check_settings(settings: ExtractSettings) -> None:
         raise FeatkitError(f"workers: expected an integer >= 0, got {settings.workers!r}")
 
 
-# -- decoding ---------------------------------------------------------------------
-def _decode_one(
-    root: Path, transform: Callable[[Any], torch.Tensor], rel: str
-) -> tuple[torch.Tensor | None, str]:
-    from featkit.data import load_image
-
-    try:
-        return transform(load_image(root / rel)), ""
-    except ImageDecodeError as err:
-        return None, str(err) or "cannot decode"
-    except (OSError, ValueError) as err:
-        # A file that vanished or a transform that refuses the image: record, go on.
-        return None, f"{type(err).__name__}: {err}"
-
-
-def _decoded(
-    items: Sequence[str], decode: Callable[[str], Any], workers: int, lookahead: int
-) -> Generator[Any, None, None]:
-    """``map(decode, items)`` in order, with up to ``lookahead`` decodes in flight."""
-    if workers == 0:
-        yield from map(decode, items)
-        return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="featkit-decode") as pool:
-        pending: deque[Any] = deque()
-        for item in items:
-            pending.append(pool.submit(decode, item))
-            if len(pending) >= lookahead:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
-# -- the plan -----------------------------------------------------------------------
-@dataclass
-class _Plan:
-    fingerprint: dict[str, Any]
-    work: list[str]  # relative paths to extract, in path order
-    shard_size: int
-
-    @property
-    def plan_id(self) -> str:
-        blob = json.dumps(
-            {
-                "fp": {k: self.fingerprint.get(k) for k in BINDING_KEYS},
-                "work": self.work,
-                "shard": self.shard_size,
-            },
-            sort_keys=True,
-        )
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    @property
-    def num_shards(self) -> int:
-        return math.ceil(len(self.work) / self.shard_size)
-
-    def shard_rows(self, k: int) -> range:
-        return range(k * self.shard_size, min(len(self.work), (k + 1) * self.shard_size))
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "format": MANIFEST_FORMAT,
-            "plan_id": self.plan_id,
-            "fingerprint": self.fingerprint,
-            "shard_size": self.shard_size,
-            "work": self.work,
-        }
-
-
-def _shard_path(work_dir: Path, k: int) -> Path:
-    return work_dir / f"shard-{k:06d}.h5"
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data), encoding="utf-8")
-
-
-def _read_manifest(work_dir: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((work_dir / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-        return None
-    return data
-
-
-def _shard_done(path: Path, plan: _Plan, k: int) -> bool:
-    """A shard counts only if it opens and holds exactly the rows the plan gives it."""
-    import h5py
-
-    if not path.is_file():
-        return False
-    try:
-        with h5py.File(path, "r") as h5:
-            index = h5["index"][:]
-            return bool(
-                h5.attrs.get("plan_id") == plan.plan_id
-                and np.array_equal(index, np.asarray(plan.shard_rows(k), dtype=np.int64))
-            )
-    except (OSError, KeyError):
-        return False
-
-
-# -- the forward pass ---------------------------------------------------------------
-class _Runner:
-    """Runs batches through the backbone and lays results out as shard arrays."""
-
-    def __init__(self, backbone: Backbone, device: str, precision: str, patches: str) -> None:
-        self.backbone = backbone
-        self.device = device
-        self.precision = precision
-        self.patches = patches
-
-    def forward(
-        self, images: list[torch.Tensor]
-    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        import torch
-
-        from featkit.precision import autocast
-
-        batch = torch.stack(images).to(self.device, non_blocking=True)
-        with torch.inference_mode(), autocast(self.precision, self.device):
-            out = self.backbone(batch)
-        cls = out.cls.float().cpu().numpy()
-        if self.patches == "none":
-            return cls, None, None
-        grid = out.patches.float()
-        mean = grid.mean(dim=(1, 2)).cpu().numpy()
-        full = grid.half().cpu().numpy() if self.patches == "full" else None
-        return cls, mean, full
-
-
-def _write_shard(
-    path: Path,
-    plan: _Plan,
-    k: int,
-    cls: np.ndarray,
-    mean: np.ndarray | None,
-    grid: np.ndarray | None,
-    status: list[str],
-    errors: list[str],
-) -> None:
-    from featkit.store import _str_dtype
-
-    rows = plan.shard_rows(k)
-    with atomic_hdf5(path) as h5:
-        h5.attrs["plan_id"] = plan.plan_id
-        h5.create_dataset("index", data=np.asarray(rows, dtype=np.int64))
-        h5.create_dataset(
-            "path", data=np.asarray([plan.work[i] for i in rows], dtype=object), dtype=_str_dtype()
-        )
-        h5.create_dataset("cls", data=cls)
-        if mean is not None:
-            h5.create_dataset("patch_mean", data=mean)
-        if grid is not None:
-            h5.create_dataset("patches", data=grid)
-        h5.create_dataset("status", data=np.asarray(status, dtype=object), dtype=_str_dtype())
-        h5.create_dataset("error", data=np.asarray(errors, dtype=object), dtype=_str_dtype())
-
-
-def _run_shards(
-    plan: _Plan,
-    shard_ids: Sequence[int],
-    work_dir: Path,
-    root: Path,
-    runner: _Runner,
-    settings: ExtractSettings,
-    grid_hw: tuple[int, int],
-    progress: Progress,
-) -> tuple[int, float]:
-    """Extract the given shards; returns (images extracted, seconds spent)."""
-    dim = runner.backbone.embed_dim
-    transform = runner.backbone.preprocessing.transform()
-    items = [plan.work[i] for k in shard_ids for i in plan.shard_rows(k)]
-    task = progress.task("extract", total=len(items))
-    decoded = _decoded(
-        items,
-        lambda rel: _decode_one(root, transform, rel),
-        settings.workers,
-        lookahead=2 * settings.batch_size,
-    )
-    started = time.perf_counter()
-    done = 0
-    try:
-        for k in shard_ids:
-            n = len(plan.shard_rows(k))
-            cls = np.full((n, dim), np.nan, dtype=np.float32)
-            mean = (
-                np.full((n, dim), np.nan, dtype=np.float32) if settings.patches != "none" else None
-            )
-            grid = (
-                np.full((n, *grid_hw, dim), np.nan, dtype=np.float16)
-                if settings.patches == "full"
-                else None
-            )
-            status = [STATUS_OK] * n
-            errors = [""] * n
-            for lo in range(0, n, settings.batch_size):
-                hi = min(n, lo + settings.batch_size)
-                images, where = [], []
-                for pos in range(lo, hi):
-                    tensor, reason = next(decoded)
-                    if tensor is None:
-                        status[pos], errors[pos] = STATUS_FAILED, reason
-                    else:
-                        images.append(tensor)
-                        where.append(pos)
-                if images:
-                    c, m, g = runner.forward(images)
-                    cls[where] = c
-                    if mean is not None and m is not None:
-                        mean[where] = m
-                    if grid is not None and g is not None:
-                        if g.shape[1:3] != grid_hw:
-                            raise RuntimeError(
-                                f"backbone returned a {g.shape[1:3]} grid, expected {grid_hw}"
-                            )
-                        grid[where] = g
-                done += hi - lo
-                elapsed = time.perf_counter() - started
-                task.advance(hi - lo, img_s=done / elapsed if elapsed > 0 else 0.0)
-            _write_shard(_shard_path(work_dir, k), plan, k, cls, mean, grid, status, errors)
-    finally:
-        decoded.close()
-        task.close()
-    return done, time.perf_counter() - started
-
-
-# -- the merge ---------------------------------------------------------------------
-@dataclass
-class _ShardIndex:
-    """Where every work-list row lives among the shard files."""
-
-    files: list[Path]
-    shard_of: np.ndarray  # [W] int
-    pos_of: np.ndarray  # [W] int
-    status: np.ndarray  # [W] str
-    errors: np.ndarray  # [W] str
-
-
-def _index_shards(work_dir: Path, plan: _Plan) -> _ShardIndex:
-    import h5py
-
-    from featkit.store import _read_str
-
-    size = len(plan.work)
-    shard_of = np.full(size, -1, dtype=np.int64)
-    pos_of = np.zeros(size, dtype=np.int64)
-    status = np.empty(size, dtype=object)
-    errors = np.empty(size, dtype=object)
-    files = sorted(work_dir.glob("shard-*.h5"))
-    for f, path in enumerate(files):
-        with h5py.File(path, "r") as h5:
-            if h5.attrs.get("plan_id") != plan.plan_id:
-                continue
-            index = h5["index"][:]
-            shard_of[index] = f
-            pos_of[index] = np.arange(len(index))
-            status[index] = _read_str(h5["status"])
-            errors[index] = _read_str(h5["error"])
-    missing = np.flatnonzero(shard_of < 0)
-    if len(missing):
-        raise RuntimeError(
-            f"{len(missing)} work rows have no shard (first: {plan.work[missing[0]]})"
-        )
-    return _ShardIndex(files, shard_of, pos_of, status, errors)
-
-
-def _runs(rows: np.ndarray) -> Iterator[tuple[int, int, int]]:
-    """Split ascending ``rows`` into maximal consecutive runs: (offset, first, length)."""
-    if len(rows) == 0:
-        return
-    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-    starts = np.concatenate([[0], breaks])
-    ends = np.concatenate([breaks, [len(rows)]])
-    for s, e in zip(starts, ends, strict=True):
-        yield int(s), int(rows[s]), int(e - s)
-
-
-class _RowSources:
-    """Where every row of the new store comes from: a shard or the previous store.
-
-    Output rows are in path order; so are the work list and the previous store, so both
-    sources are read forwards, in contiguous slices.
-    """
-
-    def __init__(self, paths: list[str], plan: _Plan, work_dir: Path, old: Store | None) -> None:
-        work_pos = {p: i for i, p in enumerate(plan.work)}
-        old_row = {p: i for i, p in enumerate(old.paths(include_failed=True))} if old else {}
-        self.old = old
-        self.shards = _index_shards(work_dir, plan) if plan.work else None
-        self.from_new = np.array([p in work_pos for p in paths], dtype=bool)
-        self.src = np.array(
-            [
-                work_pos[p] if new else old_row[p]
-                for p, new in zip(paths, self.from_new, strict=True)
-            ],
-            dtype=np.int64,
-        )
-        self._open: dict[int, h5py.File] = {}
-
-    def status_and_errors(self) -> tuple[list[str], list[str]]:
-        old_status = np.asarray(self.old.status() if self.old else [], dtype=object)
-        old_errors = np.asarray(self.old.errors() if self.old else [], dtype=object)
-        status, errors = [], []
-        for s, new in zip(self.src, self.from_new, strict=True):
-            if new and self.shards is not None:
-                status.append(str(self.shards.status[s]))
-                errors.append(str(self.shards.errors[s]))
-            else:
-                status.append(str(old_status[s]))
-                errors.append(str(old_errors[s]))
-        return status, errors
-
-    def _shard_file(self, f: int) -> h5py.File:
-        import h5py
-
-        if f not in self._open:
-            # Shards are visited in order: keep only the last few open.
-            for stale in list(self._open)[:-2]:
-                self._open.pop(stale).close()
-            assert self.shards is not None
-            self._open[f] = h5py.File(self.shards.files[f], "r")
-        return self._open[f]
-
-    def fill(self, start: int, out: dict[str, np.ndarray]) -> None:
-        """Fill ``out[name][i]`` with row ``start + i`` of every dataset ``name``."""
-        stop = start + len(out["cls"])
-        new, rows = self.from_new[start:stop], self.src[start:stop]
-        if self.old is not None:
-            old_at = np.flatnonzero(~new)
-            for off, first, length in _runs(rows[old_at]):
-                for name, array in out.items():
-                    array[old_at[off : off + length]] = self.old.raw_rows(
-                        name, first, first + length
-                    )
-        if self.shards is not None:
-            new_at = np.flatnonzero(new)
-            shard = self.shards.shard_of[rows[new_at]]
-            for f in np.unique(shard).tolist():
-                targets = new_at[shard == f]
-                pos = self.shards.pos_of[rows[targets]]
-                lo, hi = int(pos.min()), int(pos.max()) + 1
-                handle = self._shard_file(f)
-                for name, array in out.items():
-                    array[targets] = handle[name][lo:hi][pos - lo]
-
-    def close(self) -> None:
-        for handle in self._open.values():
-            handle.close()
-        self._open.clear()
-
-
-def _merge(
-    out_path: Path,
-    dataset: Dataset,
-    plan: _Plan,
-    work_dir: Path,
-    previous: Path | None,
-    model_name: str,
-    dim: int,
-    grid_hw: tuple[int, int] | None,
-    patches: str,
-    progress: Progress,
-) -> None:
-    """Stream the previous store's rows and the shards into a new store, in path order."""
-    records = sorted(dataset.records, key=lambda r: r.path)
-    paths = [r.path for r in records]
-    label_index = {name: i for i, name in enumerate(dataset.label_names)}
-    shapes: dict[str, tuple[tuple[int, ...], Any]] = {"cls": ((dim,), np.float32)}
-    if patches != "none":
-        shapes["patch_mean"] = ((dim,), np.float32)
-    if grid_hw is not None:
-        shapes["patches"] = ((*grid_hw, dim), np.float16)
-    row_bytes = sum(int(np.prod(shape)) * np.dtype(dt).itemsize for shape, dt in shapes.values())
-    block = max(1, MERGE_BYTES // row_bytes)
-
-    with contextlib.ExitStack() as stack:
-        # Entered first so that it exits last: the new file is fsynced and moved into
-        # place only after the previous store and the shards are closed.
-        h5 = stack.enter_context(atomic_hdf5(out_path))
-        old = stack.enter_context(open_store(previous)) if previous is not None else None
-        sources = _RowSources(paths, plan, work_dir, old)
-        stack.callback(sources.close)
-        status, errors = sources.status_and_errors()
-        task = progress.task("merge", total=len(records))
-        stack.callback(task.close)
-        writer = StoreWriter(
-            h5,
-            num_rows=len(records),
-            dim=dim,
-            dataset=dataset.name,
-            model=model_name,
-            label_names=dataset.label_names,
-            fingerprint=plan.fingerprint,
-            patch_mean="patch_mean" in shapes,
-            grid=grid_hw,
-        )
-        h5.attrs["plan_id"] = plan.plan_id
-        for start in range(0, len(records), block):
-            n = min(len(records), start + block) - start
-            out = {name: np.empty((n, *shape), dtype=dt) for name, (shape, dt) in shapes.items()}
-            sources.fill(start, out)
-            writer.write_features(start, out["cls"], out.get("patch_mean"), out.get("patches"))
-            task.advance(n)
-        writer.write_images(
-            paths=paths,
-            labels=np.array(
-                [-1 if r.label is None else label_index[r.label] for r in records], dtype=np.int64
-            ),
-            splits=[r.split or "" for r in records],
-            status=status,
-            errors=errors,
-        )
-
-
 # -- the entry point -------------------------------------------------------------------
 def _existing_store(out_path: Path, fingerprint: dict[str, Any], overwrite: bool) -> Store | None:
     """The previous store if it may be extended; raises on a fingerprint mismatch."""
@@ -586,12 +182,33 @@ def _matches(store: Store, dataset: Dataset) -> bool:
     )
 
 
-def _work_list(records: Iterable[ImageRecord], store: Store | None, retry: bool) -> list[str]:
+def _work_list(
+    records: Iterable[ImageRecord],
+    store: Store | None,
+    retry: bool,
+    stats: dict[str, Stat] | None = None,
+) -> list[str]:
+    """The images to extract: new ones, changed ones, and failed ones with ``retry``.
+
+    A row is keyed by path, size and modification time: an image replaced under the
+    same path is extracted again. Rows of stores that recorded no file state (older
+    versions) are kept as they are.
+    """
     if store is None:
         return sorted(r.path for r in records)
-    have = dict(zip(store.paths(include_failed=True), store.status(), strict=True))
+    paths = store.paths(include_failed=True)
+    have = dict(zip(paths, store.status(), strict=True))
+    recorded = store.file_stats()
+    changed: set[str] = set()
+    if recorded is not None and stats:
+        for p, size, mtime in zip(paths, recorded[0].tolist(), recorded[1].tolist(), strict=True):
+            now = stats.get(p)
+            if size >= 0 and now is not None and now[0] >= 0 and now != (size, mtime):
+                changed.add(p)
     return sorted(
-        r.path for r in records if r.path not in have or (retry and have[r.path] != STATUS_OK)
+        r.path
+        for r in records
+        if r.path not in have or r.path in changed or (retry and have[r.path] != STATUS_OK)
     )
 
 
@@ -693,14 +310,16 @@ def extract(
     grid_hw = (crop // patch, crop // patch) if settings.patches == "full" else None
     work_dir = partial_dir(out_path)
     main = coordinator.rank == 0
+    stats: dict[str, Stat] = {}
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(out_path) if main else contextlib.nullcontext():
         # 1. Rank 0 plans (and writes the manifest); the others read the manifest.
         plan, previous, up_to_date = None, None, False
         if main:
+            stats = file_stats(dataset)
             plan, previous, up_to_date = _plan(
-                dataset, out_path, settings, fingerprint, dim, grid_hw
+                dataset, out_path, settings, fingerprint, dim, grid_hw, stats
             )
         coordinator.barrier()
         if not main:
@@ -738,6 +357,7 @@ def extract(
                 grid_hw,
                 settings.patches,
                 progress,
+                stats,
             )
             if work_dir.exists():
                 shutil.rmtree(work_dir)
@@ -769,19 +389,28 @@ def _plan(
     fingerprint: dict[str, Any],
     dim: int,
     grid_hw: tuple[int, int] | None,
+    stats: dict[str, Stat],
 ) -> tuple[_Plan, Path | None, bool]:
     """(plan, previous store to extend or None, already up to date?), work folder ready."""
     store = _existing_store(out_path, fingerprint, settings.overwrite)
     try:
         store_plan_id = store.attr("plan_id") if store is not None else None
-        work = _work_list(dataset.records, store, settings.retry_failed)
+        work = _work_list(dataset.records, store, settings.retry_failed, stats)
         up_to_date = store is not None and not work and _matches(store, dataset)
     finally:
         if store is not None:
             store.close()
     shard_size = effective_shard_size(settings.shard_size, dim, grid_hw)
-    plan = _Plan(fingerprint=fingerprint, work=work, shard_size=shard_size)
-    _prepare_work_dir(partial_dir(out_path), plan, store_plan_id, settings.overwrite)
+    plan = _Plan(
+        fingerprint=fingerprint,
+        work=work,
+        shard_size=shard_size,
+        stats=[stats.get(p, (-1, -1)) for p in work],
+    )
+    work_dir = partial_dir(out_path)
+    _prepare_work_dir(work_dir, plan, store_plan_id, settings.overwrite)
+    if not up_to_date:
+        _check_space(out_path, work_dir, len(work), len(dataset.records), dim, grid_hw, settings)
     stale_tmp = out_path.with_name(out_path.name + TMP_SUFFIX)
     if stale_tmp.exists():
         stale_tmp.unlink()
@@ -803,7 +432,33 @@ def _plan_from_manifest(work_dir: Path, fingerprint: dict[str, Any]) -> _Plan | 
         fingerprint=manifest["fingerprint"],
         work=list(manifest["work"]),
         shard_size=int(manifest["shard_size"]),
+        stats=[(int(a), int(b)) for a, b in manifest.get("stats", [])],
     )
     if plan.plan_id != manifest.get("plan_id"):
         raise RuntimeError(f"manifest {work_dir / MANIFEST} does not match its own plan id")
     return plan
+
+
+def _check_space(
+    out_path: Path,
+    work_dir: Path,
+    work_rows: int,
+    total_rows: int,
+    dim: int,
+    grid_hw: tuple[int, int] | None,
+    settings: ExtractSettings,
+) -> None:
+    """Refuse to start when the shards still to write plus the merged store cannot fit.
+
+    Shards already on disk count as written. The estimate is the raw feature bytes
+    plus a little per row for paths and HDF5 overhead; the old store stays until the
+    new one replaces it, so it is not counted as free.
+    """
+    row_bytes = dim * 4 * (1 if settings.patches == "none" else 2) + 256
+    if grid_hw is not None:
+        row_bytes += grid_hw[0] * grid_hw[1] * dim * 2
+    done = sum(f.stat().st_size for f in work_dir.glob("shard-*.h5")) if work_dir.is_dir() else 0
+    needed = max(0, work_rows * row_bytes - done) + total_rows * row_bytes
+    require_free_space(
+        out_path.parent, needed, f"extracting {work_rows} images into {out_path.name}"
+    )

@@ -317,7 +317,7 @@ def test_extensions_are_case_insensitive(tmp_path: Path) -> None:
     names = ["a.JPG", "b.Jpeg", "c.PNG", "d.bmp", "e.TIF", "f.tiff", "g.WebP", "h.jpg"]
     for name in names:
         _touch_image(tmp_path / "ds" / "k" / name)
-    for other in ("x.gif", "y.txt", "z.jpg.bak"):
+    for other in ("y.txt", "z.jpg.bak"):
         (tmp_path / "ds" / "k" / other).write_bytes(b"x")
     assert [r.path for r in discover(tmp_path / "ds").records] == [f"k/{n}" for n in names]
 
@@ -377,16 +377,46 @@ def test_manifest_relative_paths_labels_and_splits(tmp_path: Path) -> None:
         f"{(tmp_path / 'other' / 'd.png').as_posix()},tulip,val,w\n",
         encoding="utf-8",
     )
-    ds = discover(meta / "flowers.csv")
-    assert ds.name == "flowers" and ds.root == meta.resolve()
+    with pytest.raises(FeatkitError, match=r"line 2: path \.\./img/sub/b\.jpg points outside"):
+        discover(meta / "flowers.csv")  # leaving the manifest's folder needs consent
+    ds = discover(meta / "flowers.csv", allow_outside_root=True)
+    # The resolved root is recorded: the nearest folder above every file.
+    assert ds.name == "flowers" and ds.root == tmp_path.resolve()
     assert ds.records == (
-        ImageRecord("../c.png", "rose", None),
-        ImageRecord("../img/a.png", "tulip", "test"),
-        ImageRecord("../img/sub/b.jpg", "rose", "train"),
-        ImageRecord("../other/d.png", "tulip", "val"),
+        ImageRecord("c.png", "rose", None),
+        ImageRecord("img/a.png", "tulip", "test"),
+        ImageRecord("img/sub/b.jpg", "rose", "train"),
+        ImageRecord("other/d.png", "tulip", "val"),
     )
     assert ds.label_names == ("rose", "tulip")
     assert all(ds.full_path(r).is_file() for r in ds.records)
+
+
+def test_manifest_absolute_path_outside_needs_the_flag(tmp_path: Path) -> None:
+    _touch_image(tmp_path / "far" / "x.png")
+    _touch_image(tmp_path / "here" / "y.png")
+    csv = tmp_path / "here" / "m.csv"
+    csv.write_text(f"path,label\ny.png,a\n{(tmp_path / 'far' / 'x.png').as_posix()},b\n")
+    with pytest.raises(FeatkitError, match=r"line 3: path .*far/x\.png points outside") as exc:
+        discover(csv)
+    _error(exc)
+    ds = discover(csv, allow_outside_root=True)
+    assert ds.root == tmp_path.resolve()
+    assert [r.path for r in ds.records] == ["far/x.png", "here/y.png"]
+    inside = tmp_path / "here" / "in.csv"  # absolute, but inside: no flag needed
+    inside.write_text(f"path\n{(tmp_path / 'here' / 'y.png').as_posix()}\n")
+    assert [r.path for r in discover(inside).records] == ["y.png"]
+
+
+def test_gif_first_frame_is_decoded(tmp_path: Path) -> None:
+    frames = [Image.new("RGB", (8, 8), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    path = tmp_path / "ds" / "k" / "anim.gif"
+    path.parent.mkdir(parents=True)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=50, loop=0)
+    ds = discover(tmp_path / "ds")
+    assert [r.path for r in ds.records] == ["k/anim.gif"]
+    pixels = np.asarray(load_image(path))
+    assert pixels.shape == (8, 8, 3) and (pixels == (255, 0, 0)).all()
 
 
 def test_manifest_without_label_column_is_unlabelled(tmp_path: Path) -> None:

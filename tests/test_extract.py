@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -282,7 +283,9 @@ def test_a_second_writer_is_refused(digits: Path, backbone: Backbone, tmp_path: 
     assert extract(discover(digits), backbone, out, SETTINGS).rows == 30
 
 
-def test_failed_rows_are_kept_until_retry_failed(tmp_path: Path, backbone: Backbone) -> None:
+def test_failed_rows_are_kept_until_retry_failed_or_the_file_changes(
+    tmp_path: Path, backbone: Backbone
+) -> None:
     data = digits_folder(tmp_path, per_class=1)
     good = sorted((data / "2").iterdir())[0]
     saved = good.read_bytes()
@@ -291,8 +294,37 @@ def test_failed_rows_are_kept_until_retry_failed(tmp_path: Path, backbone: Backb
     assert [p for p, _ in extract(discover(data), backbone, out, SETTINGS).failed] == [
         f"2/{good.name}"
     ]
-    good.write_bytes(saved)  # the user fixes the file
-    assert extract(discover(data), backbone, out, SETTINGS).up_to_date
+    assert extract(discover(data), backbone, out, SETTINGS).up_to_date  # unchanged: kept
     retry = ExtractSettings(**{**SETTINGS.__dict__, "retry_failed": True})
     report = extract(discover(data), backbone, out, retry)
+    assert (report.extracted, len(report.failed)) == (1, 1)  # decoded again, still bad
+    good.write_bytes(saved)  # the user fixes the file: a changed file is extracted again
+    report = extract(discover(data), backbone, out, SETTINGS)
     assert (report.extracted, report.failed, report.rows) == (1, [], 10)
+
+
+def test_a_changed_image_under_the_same_path_is_extracted_again(
+    digits: Path, backbone: Backbone, tmp_path: Path
+) -> None:
+    out = tmp_path / "s.h5"
+    extract(discover(digits), backbone, out, SETTINGS)
+    a, b = sorted((digits / "3").iterdir())[:2]
+    with open_store(out) as store:
+        before = store.features("cls")[store.paths().index(f"3/{a.name}")]
+    shutil.copyfile(b, a)  # a now holds b's picture under a's path
+    os.utime(a, ns=(a.stat().st_atime_ns, a.stat().st_mtime_ns + 10**9))
+    report = extract(discover(digits), backbone, out, SETTINGS)
+    assert (report.up_to_date, report.extracted, report.rows) == (False, 1, 30)
+    with open_store(out) as store:
+        paths = store.paths()
+        cls = store.features("cls")
+        now = cls[paths.index(f"3/{a.name}")]
+        # b's features (up to batch-composition rounding), no longer a's.
+        np.testing.assert_allclose(now, cls[paths.index(f"3/{b.name}")], atol=1e-5)
+        assert np.abs(now - before).max() > 1e-2
+        sizes, mtimes = store.file_stats()  # type: ignore[misc]
+        assert (sizes[paths.index(f"3/{a.name}")], mtimes[paths.index(f"3/{a.name}")]) == (
+            a.stat().st_size,
+            a.stat().st_mtime_ns,
+        )
+    assert extract(discover(digits), backbone, out, SETTINGS).up_to_date

@@ -11,6 +11,7 @@ from featkit.cli._common import (
     console,
     progress_bars,
     resolve_workspace,
+    safe_loads,
     user_errors,
 )
 from featkit.errors import FeatkitError
@@ -103,9 +104,10 @@ def attention(
             check_point(settings.point, size)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    backbone = create_backbone(
-        model, weights=weights, image_size=image_size, pretrained=not random_init
-    )
+    with safe_loads("--model", model):
+        backbone = create_backbone(
+            model, weights=weights, image_size=image_size, pretrained=not random_init
+        )
     target = out_dir if out_dir is not None else resolve_workspace(workspace) / "attention"
     prep = backbone.preprocessing
     with progress_bars() as progress:

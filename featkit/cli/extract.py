@@ -13,6 +13,7 @@ from featkit.cli._common import (
     out,
     progress_bars,
     resolve_workspace,
+    safe_loads,
     user_errors,
 )
 
@@ -93,6 +94,11 @@ def extract_command(
     retry_failed: bool = typer.Option(
         False, "--retry-failed", help="Decode images that failed last time again."
     ),
+    allow_outside_root: bool = typer.Option(
+        False,
+        "--allow-outside-root",
+        help="Let a CSV manifest name files outside its folder (../ or absolute paths).",
+    ),
     random_init: bool = typer.Option(
         False,
         "--random-init",
@@ -148,7 +154,7 @@ def extract_command(
     # Under torchrun every copy of this command is one rank of the job; rank 0 talks.
     ctx = context_from_env(os.environ)
     device = rank_device(ctx, device, torch.cuda.is_available())
-    dataset = discover(data)
+    dataset = discover(data, allow_outside_root=allow_outside_root)
     tuned = adapter_fingerprint(adapter) if adapter is not None else None
     if tuned is not None:
         suffix = f"{tuned['adapter_method']}-{tuned['adapter_sha256'][:8]}"
@@ -159,9 +165,10 @@ def extract_command(
     if random_init:
         # Same seed every run (and on every rank), so that a resumed run has the same weights.
         torch.manual_seed(0)
-    backbone = create_backbone(
-        model, weights=weights, image_size=image_size, pretrained=not random_init
-    )
+    with safe_loads("--model", model):
+        backbone = create_backbone(
+            model, weights=weights, image_size=image_size, pretrained=not random_init
+        )
     if adapter is not None and tuned is not None:
         backbone = load_tuned_backbone(backbone, adapter)
         # The tuned weights are what the store's features depend on: fingerprint them.

@@ -28,6 +28,11 @@ def _flatten(prefix: str, value: Any) -> list[tuple[str, str]]:
 def info_command(
     store: Path = typer.Argument(..., help="A store file (<workspace>/<dataset>/<model>.h5)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    verify: bool = typer.Option(
+        False,
+        "--verify",
+        help="Read the whole store: checksums of every dataset, finite features, labels.",
+    ),
 ) -> None:
     """Describe a store: rows, failures with reasons, labels, splits, fingerprint, size.
 
@@ -36,14 +41,29 @@ def info_command(
         featkit info featkit_runs/flowers/dinov2_vits14.h5
 
         featkit info featkit_runs/flowers/dinov2_vits14.h5 --json
+
+        featkit info featkit_runs/flowers/dinov2_vits14.h5 --verify
     """
     from rich.table import Table
 
     from featkit.cli.extract import human_size
+    from featkit.errors import StoreDamagedError
     from featkit.store import open_store
 
     with open_store(store) as opened:
         summary = opened.summary()
+        if verify:
+            damage = opened.verify()
+            if damage:
+                more = f" (and {len(damage) - 1} more)" if len(damage) > 1 else ""
+                raise StoreDamagedError(
+                    f"store {store}: damaged: {damage[0]}{more}; extract it again with "
+                    "--overwrite (or import it again)"
+                )
+            checked = "checksums and finite features verified"
+            if not opened.has_checksums():
+                checked = "finite features verified; no checksums recorded (older featkit)"
+            summary["verified"] = checked
     if as_json:
         out.print_json(json.dumps(summary))
         return
@@ -73,6 +93,8 @@ def info_command(
         if len(failures) > SHOWN_FAILURES:
             lines.append(f"... and {len(failures) - SHOWN_FAILURES} more")
         table.add_row("failed", "\n".join(lines))
+    if "verified" in summary:
+        table.add_row("verified", summary["verified"])
     for key, value in _flatten("", summary["fingerprint"]):
         table.add_row(f"fingerprint.{key}", value)
     out.print(table)

@@ -15,6 +15,7 @@ from featkit.cli._common import (
     out,
     progress_bars,
     resolve_workspace,
+    safe_loads,
     user_errors,
 )
 
@@ -24,6 +25,28 @@ ORDER = 30
 class Centering(str, Enum):
     ema = "ema"
     sinkhorn = "sinkhorn"
+
+
+def _check_state_file(path: Path) -> None:
+    """Refuse a state file a weights-only load rejects before anything is built.
+
+    Memory-mapped, so that checking a large state costs no copy of its tensors.
+    """
+    import torch
+
+    from featkit.errors import FeatkitError
+
+    if not path.is_file():
+        return
+    with safe_loads("--resume", path):
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except (RuntimeError, OSError, EOFError, ValueError) as err:
+            first = (str(err).strip().splitlines() or ["unreadable"])[0][:120]
+            raise FeatkitError(
+                f"--resume {path}: expected a training state saved by featkit pretrain, "
+                f"got a file torch cannot read ({first})"
+            ) from None
 
 
 @user_errors
@@ -122,7 +145,7 @@ def pretrain_command(
         featkit pretrain data/cells --arch timm:vit_small_patch16_224 --epochs 100 --resume
     """
     from featkit.data import discover
-    from featkit.dino.trainer import PretrainConfig, pretrain
+    from featkit.dino.trainer import PretrainConfig, pretrain, state_path
     from featkit.errors import FeatkitError
     from featkit.workspace import safe_name
 
@@ -134,6 +157,8 @@ def pretrain_command(
             f"same name, got --arch {arch}"
         )
     kwargs = _parse_kwargs(model_kwargs)
+    if resume and out_path is not None:
+        _check_state_file(state_path(out_path))
     name = init or arch or ""
     if out_path is None:
         dataset = discover(data)
@@ -171,7 +196,9 @@ def pretrain_command(
         model_kwargs=kwargs,
     )
     console.print(f"DINO pretraining of [bold]{name}[/] on {data} -> {out_path}", highlight=False)
-    with progress_bars() as bars:
+    # A refused pickle is the state file when resuming, else the starting weights.
+    loaded = ("--resume", state_path(out_path)) if resume else ("--weights", weights or init)
+    with progress_bars() as bars, safe_loads(*loaded):
         result = pretrain(data, config, out_path, resume=resume, progress=bars)
     last = result.history[-1] if result.history else {}
     out.print(
