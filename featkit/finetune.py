@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
-from torch import Tensor, nn
+from torch import Tensor
 
 from featkit.backbones import Backbone
 from featkit.errors import FeatkitError
@@ -30,6 +30,7 @@ from featkit.imbalance import DEFAULT_BETA, DEFAULT_TAU
 from featkit.progress import SILENT, Progress
 from featkit.splits import DEFAULT_TEST_FRACTION, Episode, Shots
 from featkit.tune.adapter import save_adapter
+from featkit.tune.head import ClsOnly, fold_into, fold_norm, norm_from, train_head
 from featkit.tune.images import Augment, ImageSet, load_images
 from featkit.tune.losses import check_loss, make_loss
 from featkit.tune.methods import (
@@ -269,24 +270,37 @@ def tune_episode(
             backbone, num_classes, settings.method, settings.method_options
         )
         classifier.to(device)
+        train_images = images.evals[torch.as_tensor(train_rows)]
         if linear:
             if features is None:
                 raise ValueError("linear tuning needs the precomputed CLS features")
-            log = _train_head(
-                classifier.head, features, train_rows, y, loss_fn, schedule, generator, device
+            log, mean, std = train_head(
+                classifier.head,
+                features[torch.as_tensor(train_rows)],
+                y,
+                loss_fn,
+                schedule,
+                generator,
+                device,
             )
+            fold_into(classifier.head, mean, std)
             with torch.inference_mode():
                 logits = (
                     classifier.head(features[torch.as_tensor(test_rows)].to(device)).float().cpu()
                 )
         else:
-            _probe_head(classifier, images, train_rows, y, loss_fn, settings, generator, device)
+            # Head first (LP-FT), on z-scores; the tuning stage keeps the head on
+            # z-scores through a BatchNorm that follows the features as they change.
             augment = Augment(base.preprocessing, hflip=settings.hflip)
             sources = [images.sources[i] for i in train_rows]
 
             def make_batch(idx: Tensor, gen: torch.Generator) -> Tensor:
                 return augment([sources[i] for i in idx.tolist()], gen)
 
+            mean, std = _probe_head(
+                classifier, train_images, make_batch, y, loss_fn, settings, generator, device
+            )
+            classifier.norm = norm_from(mean, std).to(device)
             log = train(
                 classifier,
                 make_batch,
@@ -299,6 +313,7 @@ def tune_episode(
                 progress=progress,
                 description=description,
             )
+            fold_norm(classifier, train_images, device=device, precision=precision)
             logits = predict_logits(
                 classifier,
                 images.evals[torch.as_tensor(test_rows)],
@@ -333,35 +348,48 @@ def cpu_threads(
     return 1 if rows < SMALL_STEP_ROWS else None
 
 
+# Augmented views per training image the head-first probe sees (besides the image itself).
+PROBE_VIEWS = 4
+
+
 def _probe_head(
     classifier: TunedClassifier,
-    images: ImageSet,
-    train_rows: np.ndarray,
+    train_images: Tensor,
+    make_views: Any,
     y: Tensor,
     loss_fn: Any,
     settings: FinetuneSettings,
     generator: torch.Generator,
     device: str,
-) -> None:
-    """Start the head from a linear probe on the untuned features (LP-FT).
+) -> tuple[Tensor, Tensor]:
+    """Start the head from a linear probe on the untuned features (LP-FT); return the
+    features' mean and std (the head is left on z-scores).
 
     Kumar et al. (2022), "Fine-Tuning can Distort Pretrained Features": a random head
     trained jointly with the backbone sends large, random gradients into it; with the
     few hundred steps of a light tune it also never catches up with a plain probe.
     LoRA's B matrices start at zero, so these are exactly the frozen features.
+
+    The probe also sees ``PROBE_VIEWS`` augmented views of each image, the inputs the
+    tuning stage trains on: a head fitted to the unaugmented images alone is confidently
+    wrong on crops and flips, and tuning then starts from a loss above chance.
     """
-    features = predict_logits(
-        _ClsOnly(classifier.backbone), images.evals[torch.as_tensor(train_rows)], device=device
-    )
-    n = len(train_rows)
+    n = len(train_images)
+    encode = ClsOnly(classifier.backbone)
+    batches = [train_images] + [make_views(torch.arange(n), generator) for _ in range(PROBE_VIEWS)]
+    features = torch.cat([predict_logits(encode, b, device=device) for b in batches])
+    labels = y.repeat(len(batches))
     schedule = make_schedule(
-        n,
+        len(labels),
         lr=DEFAULT_LR["linear"],
         batch_size=settings.batch_size,
         steps=default_steps(n, settings.batch_size, min_epochs=100, min_steps=300, max_epochs=1000),
         weight_decay=settings.weight_decay,
     )
-    _train_head(classifier.head, features, np.arange(n), y, loss_fn, schedule, generator, device)
+    _, mean, std = train_head(
+        classifier.head, features, labels, loss_fn, schedule, generator, device
+    )
+    return mean, std
 
 
 def _linear_steps(n_train: int, settings: FinetuneSettings) -> int | None:
@@ -371,34 +399,6 @@ def _linear_steps(n_train: int, settings: FinetuneSettings) -> int | None:
     return default_steps(
         n_train, settings.batch_size, min_epochs=100, min_steps=300, max_epochs=1000
     )
-
-
-def _train_head(
-    head: nn.Linear,
-    features: Tensor,
-    rows: np.ndarray,
-    y: Tensor,
-    loss_fn: Any,
-    schedule: Any,
-    generator: torch.Generator,
-    device: str,
-) -> TrainLog:
-    """Train ``head`` on standardised features, then fold the standardisation into it.
-
-    Frozen CLS features can have a large common offset and very uneven scales; AdamW
-    on raw features then needs many more steps than on z-scores. Folding
-    ``W((x − μ)/σ) + b`` back into ``W' x + b'`` keeps the saved head a plain linear
-    layer on the raw CLS token.
-    """
-    x = features[torch.as_tensor(rows)].float()
-    mean, std = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-6)
-    z = ((x - mean) / std).to(device)
-    log = train(head, lambda idx, _g: z[idx], y, loss_fn, schedule, generator, device=device)
-    with torch.no_grad():
-        weight = head.weight / std.to(device)
-        head.bias.sub_(weight @ mean.to(device))
-        head.weight.copy_(weight)
-    return log
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -474,7 +474,7 @@ def run_finetune(
     if settings.method == "linear":
         with threadpool_limits(limits=cpu_threads(base, 64, settings.cpu_threads, device)):
             features = predict_logits(
-                _ClsOnly(base), images.evals, device=device, precision=precision, batch_size=64
+                ClsOnly(base), images.evals, device=device, precision=precision, batch_size=64
             )
     run = FinetuneRun(
         rows.dataset, model_name or backbone.name, settings.protocol, settings.params()
@@ -538,15 +538,6 @@ def check_store_backbone(rows: LabelledImages, backbone: Backbone) -> None:
             f"{rows.store}: expected --image-size {size} like the store, "
             f"got {backbone.preprocessing.crop}"
         )
-
-
-class _ClsOnly(nn.Module):
-    def __init__(self, backbone: Backbone) -> None:
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.backbone(images).cls  # type: ignore[no-any-return]
 
 
 def _balanced(outcome: EpisodeOutcome) -> float:

@@ -43,6 +43,9 @@ class TunedClassifier(nn.Module):
     def __init__(self, backbone: Backbone, num_classes: int) -> None:
         super().__init__()
         self.backbone = backbone
+        # Standardises the CLS token for the head while the backbone is tuned (see
+        # featkit.tune.head); an identity otherwise and in every saved classifier.
+        self.norm: nn.Module = nn.Identity()
         self.head = nn.Linear(backbone.embed_dim, num_classes)
         # DINO's linear evaluation initialisation: small weights, zero bias.
         nn.init.normal_(self.head.weight, std=0.01)
@@ -52,7 +55,7 @@ class TunedClassifier(nn.Module):
         return self.backbone(images).cls  # type: ignore[no-any-return]
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.head(self.features(images))  # type: ignore[no-any-return]
+        return self.head(self.norm(self.features(images)))  # type: ignore[no-any-return]
 
 
 MethodSetup = Callable[[TunedClassifier, MethodOptions], None]
