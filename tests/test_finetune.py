@@ -162,7 +162,7 @@ def test_cli_extract_probe_finetune_share_the_tables(tmp_path: Path) -> None:
     lora = table[table.protocol == "finetune-lora"]
     assert set(lora.metric) >= {"accuracy", "balanced_accuracy", "macro_f1"}
     assert set(lora.params) == {
-        "alpha=8;batch=32;dropout=0.1;flip=false;loss=ce;lr=0.001;r=8;steps=2"
+        "alpha=8;batch=32;dropout=0.1;loss=ce;lr=0.001;r=8;steps=2"
     }
     columns = ["shots", "episode", "n_train", "n_test", "effective_shots"]
     assert len(table.drop_duplicates(columns)) == 1  # the same draw for both

@@ -79,12 +79,11 @@ def train_head(
     return log, mean, std
 
 
-def norm_from(mean: Tensor, std: Tensor) -> nn.BatchNorm1d:
+def norm_from(mean: Tensor, std: Tensor) -> nn.Module:
     """A BatchNorm without affine parameters that starts from the given statistics."""
     norm = nn.BatchNorm1d(mean.numel(), affine=False, eps=MIN_STD)
-    with torch.no_grad():
-        norm.running_mean.copy_(mean.float())
-        norm.running_var.copy_(std.float().pow(2).clamp_min(MIN_STD))
+    norm.running_mean = mean.float().clone()
+    norm.running_var = std.float().pow(2).clamp_min(MIN_STD)
     return norm
 
 
@@ -114,3 +113,4 @@ class ClsOnly(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.backbone(images).cls  # type: ignore[no-any-return]
+
