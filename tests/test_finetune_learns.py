@@ -125,3 +125,49 @@ def test_last_block_beats_the_frozen_linear_head_on_random_features(tmp_path: Pa
             if method == "last-block":
                 assert np.mean(log.losses[-10:]) < 0.5 * CHANCE, log.losses[-10:]
     assert np.mean(scores["last-block"]) > np.mean(scores["linear"]), scores
+
+
+@pytest.mark.parametrize("make", [vit_tiny, dinov2_layout], ids=["vit-tiny", "dinov2-layout"])
+def test_linear_head_agrees_with_l2_logistic_regression_on_standardised_features(
+    tmp_path: Path, make: object
+) -> None:
+    """Issue 11.3: ``finetune --method linear`` optimises what a logistic probe does.
+
+    Both fit a multinomial linear model on the training images' z-scores (the head by
+    AdamW on mini-batch cross-entropy with decoupled weight decay, the reference by
+    lbfgs with an L2 penalty), so on the same frozen features they land within a few
+    points, whatever the features' scale (the DINOv2 layout's CLS varies by 1e-5)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    data = digits_folder(tmp_path, per_class=20, size=32)
+    rows = labelled_images(data)
+    base = make()  # type: ignore[operator]
+    images = load_images(rows.root, rows.paths, base.preprocessing)
+    features = predict_logits(ClsOnly(base), images.evals)
+    x = features.double().numpy()
+    n = len(rows.paths)
+    gaps = []
+    for offset in (0, 1):
+        train_rows, test_rows = np.arange(offset, n, 2), np.arange(1 - offset, n, 2)
+        _, _, probs = tune_episode(
+            base,
+            images,
+            rows.labels,
+            train_rows,
+            test_rows,
+            FinetuneSettings(method="linear"),
+            num_classes=10,
+            seed=0,
+            features=features,
+        )
+        y_test = rows.labels[test_rows]
+        head = balanced_accuracy(y_test, probs.argmax(1))
+        scaler = StandardScaler().fit(x[train_rows])
+        reference = LogisticRegression(C=1.0, max_iter=2000).fit(
+            scaler.transform(x[train_rows]), rows.labels[train_rows]
+        )
+        logistic = balanced_accuracy(y_test, reference.predict(scaler.transform(x[test_rows])))
+        assert head > 0.5 and logistic > 0.5, (head, logistic)  # chance is 0.1
+        gaps.append(head - logistic)
+    assert abs(np.mean(gaps)) < 0.05, gaps
