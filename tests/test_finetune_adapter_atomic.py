@@ -34,7 +34,10 @@ def _one_thread() -> Iterator[None]:
 def tiny_backbone() -> Backbone:
     with seeded(0):
         return create_backbone(
-            "timm:vit_tiny_patch16_224", pretrained=False, image_size=SIZE, model_kwargs=dict(depth=2)
+            "timm:vit_tiny_patch16_224",
+            pretrained=False,
+            image_size=SIZE,
+            model_kwargs=dict(depth=2),
         )
 
 

@@ -170,7 +170,8 @@ def finetune_command(
     label = name + RANDOM_SUFFIX if random_init else name
     console.print(
         f"fine-tuning [bold]{label}[/] ({settings.protocol}, {settings.params()}) on "
-        f"[bold]{rows.dataset}[/]: {len(rows.paths)} images",
+        f"[bold]{rows.dataset}[/]: {len(rows.paths)} images, {episodes} episode(s) per "
+        "few-shot setting ('all' has one)",
         highlight=False,
         soft_wrap=True,
     )

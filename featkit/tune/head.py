@@ -113,4 +113,3 @@ class ClsOnly(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.backbone(images).cls  # type: ignore[no-any-return]
-
