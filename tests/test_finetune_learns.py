@@ -100,8 +100,9 @@ def test_last_block_beats_the_frozen_linear_head_on_random_features(tmp_path: Pa
     """Random-init features are poor; tuning the last block must add to a frozen head.
 
     Long-tailed digits (imbalance 10, 60 → 6 images per class), the default schedule
-    with 200 steps, averaged over the probe's first two episodes at ``shots=all`` and
-    10-shot."""
+    with 200 steps, averaged over the 10-shot episodes 0-1 and the ``all`` draw (measured:
+    last-block 95.0, 74.9, 85.6 % balanced accuracy against the frozen head's 77.2, 80.0,
+    80.6 %)."""
     data = digits_folder(tmp_path, per_class=60, size=32, imbalance=10)
     rows = labelled_images(data)
     base = vit_tiny()
