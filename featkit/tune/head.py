@@ -15,7 +15,9 @@ z-scores:
   MAE 2022, put the same normalisation before their linear head);
 - after training the statistics of the final features of the (unaugmented) training
   images are folded into the linear layer, ``W (x - mean) / std + b = W' x + b'``, so
-  the saved head is a plain ``nn.Linear`` on the raw CLS token.
+  the saved head is a plain ``nn.Linear`` on the raw CLS token. These statistics are
+  those of the inputs the test images resemble; the BatchNorm's running averages come
+  from augmented batches and lag behind the last steps.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ MIN_STD = 1e-12  # a constant feature gets weight 0 after folding, not a divisio
 def feature_stats(features: Tensor) -> tuple[Tensor, Tensor]:
     """Per-dimension mean and (biased) standard deviation of ``features [N, D]``, float64.
 
-    float64 because a spread of 1e-5 on values near 1 is below float32's resolution of
-    the mean's square (the variance would come out as rounding noise).
+    float64 because the folded bias ``b - W' mean`` subtracts large, nearly equal terms
+    where the spread is 1e-5 of the values: float32 would leave rounding noise there.
     """
     x = features.double()
     mean = x.mean(0)
