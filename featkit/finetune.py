@@ -10,7 +10,6 @@ scores one draw, :func:`run_finetune` sweeps and records.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
 import time
@@ -20,103 +19,51 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from threadpoolctl import threadpool_limits
-from torch import Tensor, nn
+from torch import Tensor
 
 from featkit.backbones import Backbone
 from featkit.errors import FeatkitError
-from featkit.imbalance import DEFAULT_BETA, DEFAULT_TAU
 from featkit.progress import SILENT, Progress
+from featkit.splits import DEFAULT_EPISODES as PROBE_EPISODES
 from featkit.splits import DEFAULT_TEST_FRACTION, Episode, Shots
 from featkit.tune.adapter import save_adapter
-from featkit.tune.images import Augment, ImageSet, load_images
-from featkit.tune.losses import check_loss, make_loss
-from featkit.tune.methods import (
-    LoraOptions,
-    MethodOptions,
-    TunedClassifier,
-    check_method,
-    count_parameters,
-    create_classifier,
+from featkit.tune.episode import (  # re-exported: featkit.finetune is the public door
+    DEFAULT_LR,
+    FinetuneSettings,
+    cpu_threads,
+    episode_seed,
+    tune_episode,
 )
-from featkit.tune.train import (
-    TrainLog,
-    default_steps,
-    make_schedule,
-    predict_logits,
-    seeded,
-    train,
-)
+from featkit.tune.head import ClsOnly
+from featkit.tune.images import ImageSet, load_images
+from featkit.tune.methods import count_parameters
+from featkit.tune.train import predict_logits
+
+__all__ = [
+    "DEFAULT_EPISODES",
+    "DEFAULT_LR",
+    "EpisodeOutcome",
+    "FinetuneRun",
+    "FinetuneSettings",
+    "LabelledImages",
+    "adapter_dir",
+    "check_store_backbone",
+    "cpu_threads",
+    "episode_seed",
+    "labelled_images",
+    "require_labels",
+    "run_finetune",
+    "tune_episode",
+    "write_results",
+]
 
 logger = logging.getLogger("featkit")
 
 FEATURE = "cls"  # the head reads the CLS token
-DEFAULT_EPISODES = 3  # tuning costs minutes, not milliseconds: fewer than the probe's 10
-# Peak learning rates: the head alone on fixed features tolerates more than tuned blocks.
-DEFAULT_LR = {"linear": 1e-2, "lora": 1e-3, "last-block": 2e-4}
-
-
-@dataclass(frozen=True)
-class FinetuneSettings:
-    """What to tune and how; every field that changes the numbers goes into ``params``."""
-
-    method: str = "lora"  # "lora" | "last-block" | "linear"
-    loss: str = "ce"  # "ce" | "class-balanced" | "logit-adjusted"
-    lora: LoraOptions = field(default_factory=LoraOptions)
-    blocks: int = 1  # last-block: final blocks unfrozen (with the final norm and head)
-    epochs: int | None = None  # None and steps None: scaled to the training-set size
-    steps: int | None = None  # optimiser steps; wins over epochs
-    lr: float | None = None  # peak learning rate; None = DEFAULT_LR[method]
-    batch_size: int = 32
-    weight_decay: float = 0.05
-    beta: float = DEFAULT_BETA  # class-balanced: effective-number β
-    tau: float = DEFAULT_TAU  # logit-adjusted: prior scale τ
-    hflip: bool = True  # augmentation: random horizontal flips
-    precision: str = "auto"  # "auto" (bf16 where the hardware has it) | "fp32" | "bf16"
-    device: str = "auto"  # "auto" | "cpu" | "cuda[:N]"
-    cpu_threads: int | None = None  # None: 1 for small steps (see cpu_threads()), else all
-
-    def __post_init__(self) -> None:
-        check_method(self.method)
-        check_loss(self.loss)
-
-    @property
-    def protocol(self) -> str:
-        return f"finetune-{self.method}"
-
-    @property
-    def learning_rate(self) -> float:
-        return DEFAULT_LR[self.method] if self.lr is None else self.lr
-
-    @property
-    def method_options(self) -> MethodOptions:
-        return MethodOptions(lora=self.lora, blocks=self.blocks)
-
-    def params(self) -> str:
-        """Canonical ``key=value;…`` of the settings that change results (not device)."""
-        from featkit.results import canonical_params
-
-        items: dict[str, Any] = {"loss": self.loss, "lr": self.learning_rate}
-        if self.method == "lora":
-            items.update(r=self.lora.r, alpha=self.lora.effective_alpha, dropout=self.lora.dropout)
-        if self.method == "last-block":
-            items["blocks"] = self.blocks
-        if self.loss == "class-balanced":
-            items["beta"] = self.beta
-        if self.loss == "logit-adjusted":
-            items["tau"] = self.tau
-        if self.steps is not None:
-            items["steps"] = self.steps
-        else:
-            items["epochs"] = "auto" if self.epochs is None else self.epochs
-        items["batch"] = self.batch_size
-        if self.weight_decay != 0.05:
-            items["wd"] = self.weight_decay
-        if self.method != "linear" and not self.hflip:
-            items["flip"] = False
-        return canonical_params(items)
-
+# The probe's episodes 0..9: a mean over fewer draws has a wider interval (t factor 4.3 at
+# 3 episodes against 2.3 at 10), so tuned and probed cells would not compare like with like.
+DEFAULT_EPISODES = PROBE_EPISODES
 
 # --------------------------------------------------------------------------- inputs
 
@@ -218,189 +165,6 @@ class EpisodeOutcome:
     adapter: Path | None = None
 
 
-def episode_seed(seed: int, shots: str, episode: int) -> int:
-    """A seed per draw, so every episode trains differently but reproducibly."""
-    digest = hashlib.blake2b(f"{seed}/{shots}/{episode}".encode(), digest_size=4).digest()
-    return int.from_bytes(digest, "little")
-
-
-def tune_episode(
-    base: Backbone,
-    images: ImageSet,
-    labels: np.ndarray,
-    train_rows: np.ndarray,
-    test_rows: np.ndarray,
-    settings: FinetuneSettings,
-    *,
-    num_classes: int,
-    seed: int,
-    device: str = "cpu",
-    precision: str = "fp32",
-    features: Tensor | None = None,
-    progress: Progress = SILENT,
-    description: str = "fine-tuning",
-) -> tuple[TunedClassifier, TrainLog, np.ndarray]:
-    """Tune a copy of ``base`` on ``train_rows`` of ``images``; return the classifier, its
-    training log and the test probabilities ``[n_test, C]``.
-
-    ``features`` (``[N, D]`` CLS of every image, for ``linear``) skips the backbone: the
-    head then trains on fixed features, which is exactly what ``linear`` means.
-    """
-    y = torch.as_tensor(labels[train_rows], dtype=torch.long)
-    counts = np.bincount(labels[train_rows], minlength=num_classes)
-    loss_fn = make_loss(settings.loss, counts, beta=settings.beta, tau=settings.tau)
-    linear = settings.method == "linear"
-    schedule = make_schedule(
-        len(train_rows),
-        lr=settings.learning_rate,
-        batch_size=settings.batch_size,
-        epochs=settings.epochs,
-        steps=settings.steps
-        if settings.steps is not None or not linear
-        else _linear_steps(len(train_rows), settings),
-        weight_decay=settings.weight_decay,
-    )
-    threads = cpu_threads(base, schedule.batch_size, settings.cpu_threads, device)
-    if linear and device == "cpu" and settings.cpu_threads is None:
-        threads = 1  # a head on cached features: the smallest steps of all
-    with seeded(seed, device) as generator, threadpool_limits(limits=threads):
-        backbone = base if linear else copy.deepcopy(base)
-        classifier = create_classifier(
-            backbone, num_classes, settings.method, settings.method_options
-        )
-        classifier.to(device)
-        if linear:
-            if features is None:
-                raise ValueError("linear tuning needs the precomputed CLS features")
-            log = _train_head(
-                classifier.head, features, train_rows, y, loss_fn, schedule, generator, device
-            )
-            with torch.inference_mode():
-                logits = (
-                    classifier.head(features[torch.as_tensor(test_rows)].to(device)).float().cpu()
-                )
-        else:
-            _probe_head(classifier, images, train_rows, y, loss_fn, settings, generator, device)
-            augment = Augment(base.preprocessing, hflip=settings.hflip)
-            sources = [images.sources[i] for i in train_rows]
-
-            def make_batch(idx: Tensor, gen: torch.Generator) -> Tensor:
-                return augment([sources[i] for i in idx.tolist()], gen)
-
-            log = train(
-                classifier,
-                make_batch,
-                y,
-                loss_fn,
-                schedule,
-                generator,
-                device=device,
-                precision=precision,
-                progress=progress,
-                description=description,
-            )
-            logits = predict_logits(
-                classifier,
-                images.evals[torch.as_tensor(test_rows)],
-                device=device,
-                precision=precision,
-            )
-    return classifier, log, torch.softmax(logits, dim=1).numpy()
-
-
-# Below this many token rows per step (batch × tokens), CPU training runs on one thread.
-SMALL_STEP_ROWS = 4096
-
-
-def cpu_threads(
-    backbone: Backbone, batch_size: int, requested: int | None, device: str
-) -> int | None:
-    """Threads for one episode's CPU work (``None`` = leave torch's default).
-
-    Small steps (a ViT-S at 32-64 px, a linear head) are many tiny matrix products:
-    extra threads then mostly synchronise, and on a shared machine a waiting thread
-    stalls every product (measured on the 2-core dev machine under load: ViT-S/16,
-    32 px, batch 32: 0.29 s per step on one thread, 5.2 s on two).
-    """
-    if requested is not None:
-        if requested < 1:
-            raise FeatkitError(f"cpu threads: expected >= 1, got {requested}")
-        return requested
-    if device != "cpu":
-        return None
-    side = backbone.preprocessing.crop // backbone.patch_size
-    rows = batch_size * (side * side + backbone.num_prefix_tokens)
-    return 1 if rows < SMALL_STEP_ROWS else None
-
-
-def _probe_head(
-    classifier: TunedClassifier,
-    images: ImageSet,
-    train_rows: np.ndarray,
-    y: Tensor,
-    loss_fn: Any,
-    settings: FinetuneSettings,
-    generator: torch.Generator,
-    device: str,
-) -> None:
-    """Start the head from a linear probe on the untuned features (LP-FT).
-
-    Kumar et al. (2022), "Fine-Tuning can Distort Pretrained Features": a random head
-    trained jointly with the backbone sends large, random gradients into it; with the
-    few hundred steps of a light tune it also never catches up with a plain probe.
-    LoRA's B matrices start at zero, so these are exactly the frozen features.
-    """
-    features = predict_logits(
-        _ClsOnly(classifier.backbone), images.evals[torch.as_tensor(train_rows)], device=device
-    )
-    n = len(train_rows)
-    schedule = make_schedule(
-        n,
-        lr=DEFAULT_LR["linear"],
-        batch_size=settings.batch_size,
-        steps=default_steps(n, settings.batch_size, min_epochs=100, min_steps=300, max_epochs=1000),
-        weight_decay=settings.weight_decay,
-    )
-    _train_head(classifier.head, features, np.arange(n), y, loss_fn, schedule, generator, device)
-
-
-def _linear_steps(n_train: int, settings: FinetuneSettings) -> int | None:
-    """Linear heads train on cached features, so a long schedule costs milliseconds."""
-    if settings.epochs is not None:
-        return None
-    return default_steps(
-        n_train, settings.batch_size, min_epochs=100, min_steps=300, max_epochs=1000
-    )
-
-
-def _train_head(
-    head: nn.Linear,
-    features: Tensor,
-    rows: np.ndarray,
-    y: Tensor,
-    loss_fn: Any,
-    schedule: Any,
-    generator: torch.Generator,
-    device: str,
-) -> TrainLog:
-    """Train ``head`` on standardised features, then fold the standardisation into it.
-
-    Frozen CLS features can have a large common offset and very uneven scales; AdamW
-    on raw features then needs many more steps than on z-scores. Folding
-    ``W((x − μ)/σ) + b`` back into ``W' x + b'`` keeps the saved head a plain linear
-    layer on the raw CLS token.
-    """
-    x = features[torch.as_tensor(rows)].float()
-    mean, std = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-6)
-    z = ((x - mean) / std).to(device)
-    log = train(head, lambda idx, _g: z[idx], y, loss_fn, schedule, generator, device=device)
-    with torch.no_grad():
-        weight = head.weight / std.to(device)
-        head.bias.sub_(weight @ mean.to(device))
-        head.weight.copy_(weight)
-    return log
-
-
 # --------------------------------------------------------------------------- the sweep
 
 
@@ -474,7 +238,7 @@ def run_finetune(
     if settings.method == "linear":
         with threadpool_limits(limits=cpu_threads(base, 64, settings.cpu_threads, device)):
             features = predict_logits(
-                _ClsOnly(base), images.evals, device=device, precision=precision, batch_size=64
+                ClsOnly(base), images.evals, device=device, precision=precision, batch_size=64
             )
     run = FinetuneRun(
         rows.dataset, model_name or backbone.name, settings.protocol, settings.params()
@@ -498,6 +262,7 @@ def run_finetune(
             workspace if save_adapters else None,
             run.model,
             progress,
+            test_fraction,
         )
         run.outcomes.append(outcome)
         sweep.advance(1, bal_acc=_balanced(outcome))
@@ -540,15 +305,6 @@ def check_store_backbone(rows: LabelledImages, backbone: Backbone) -> None:
         )
 
 
-class _ClsOnly(nn.Module):
-    def __init__(self, backbone: Backbone) -> None:
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.backbone(images).cls  # type: ignore[no-any-return]
-
-
 def _balanced(outcome: EpisodeOutcome) -> float:
     from featkit.metrics import balanced_accuracy
 
@@ -570,6 +326,7 @@ def _run_draw(
     workspace: Path | None,
     model: str,
     progress: Progress,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
 ) -> EpisodeOutcome:
     shots = str(draw.shots)
     classifier, log, scores = tune_episode(
@@ -593,7 +350,16 @@ def _run_draw(
     if workspace is not None:
         adapter = save_adapter(
             classifier,
-            adapter_dir(workspace, rows.dataset, model, settings, shots, draw.episode),
+            adapter_dir(
+                workspace,
+                rows.dataset,
+                model,
+                settings,
+                shots,
+                draw.episode,
+                seed=seed,
+                test_fraction=test_fraction,
+            ),
             method=settings.method,
             options=settings.method_options,
             label_names=list(rows.label_names),
@@ -602,6 +368,7 @@ def _run_draw(
                 "shots": shots,
                 "episode": draw.episode,
                 "seed": seed,
+                "test_fraction": test_fraction,
                 "dataset": rows.dataset,
             },
         )
@@ -624,12 +391,25 @@ def _run_draw(
 
 
 def adapter_dir(
-    workspace: Path, dataset: str, model: str, settings: FinetuneSettings, shots: str, episode: int
+    workspace: Path,
+    dataset: str,
+    model: str,
+    settings: FinetuneSettings,
+    shots: str,
+    episode: int,
+    *,
+    seed: int = 0,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
 ) -> Path:
-    """``<ws>/finetune/<dataset>/<model>/<protocol>-<params hash>/<shots>-shot/episode-<e>``."""
+    """``<ws>/finetune/<dataset>/<model>/<protocol>-<hash>/<shots>-shot/episode-<e>``.
+
+    The hash covers everything else that defines the adapter (params, seed, test
+    fraction), so a rerun with other settings never overwrites another run's adapter.
+    """
     from featkit.workspace import finetune_dir, safe_name
 
-    tag = hashlib.sha1(settings.params().encode()).hexdigest()[:8]
+    key = f"{settings.params()}|seed={seed}|test_fraction={float(test_fraction)!r}"
+    tag = hashlib.sha1(key.encode()).hexdigest()[:8]
     return (
         finetune_dir(workspace)
         / safe_name(dataset)

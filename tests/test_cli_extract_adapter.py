@@ -75,6 +75,18 @@ def test_extract_with_a_finetune_adapter(tmp_path: Path) -> None:
     )
     assert probed.exit_code == 0, probed.output
 
+    # Weights that are not the ones adapter.json was written for are refused in one line.
+    weights = episode / "adapter.safetensors"
+    data_bytes = bytearray(weights.read_bytes())
+    data_bytes[-1] ^= 0x01
+    weights.write_bytes(bytes(data_bytes))
+    refused = runner.invoke(
+        app,
+        ["extract", str(data), "--model", "featkit-tiny-dino", "--adapter", str(episode), "-w", ws],
+    )
+    assert refused.exit_code == 2, refused.output
+    assert "damaged or mixed" in refused.output and "Traceback" not in refused.output
+
 
 def test_extract_with_a_missing_adapter_is_one_line(tmp_path: Path) -> None:
     data = digits_folder(tmp_path, per_class=2, size=32)

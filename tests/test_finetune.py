@@ -130,7 +130,10 @@ def test_lora_training_loss_falls_on_real_digits(setup: Setup) -> None:
         num_classes=10,
         seed=0,
     )
-    assert np.mean(log.losses[-4:]) < np.mean(log.losses[:4]) - 0.2, log.losses
+    # The head starts as a probe on the untuned features (LP-FT), so tuning starts well
+    # below chance (ln 10 = 2.30) and stays there (tests/test_finetune_learns.py has more).
+    assert np.mean(log.losses[:4]) < np.log(10), log.losses
+    assert np.mean(log.losses[-4:]) < np.log(10), log.losses
     assert scores.shape == (len(test_rows), 10)
     assert np.allclose(scores.sum(1), 1, atol=1e-5)
     # the base given in stays untouched: each episode tunes its own copy
@@ -156,14 +159,13 @@ def test_cli_extract_probe_finetune_share_the_tables(tmp_path: Path) -> None:
     result = runner.invoke(app, tune)
     assert result.exit_code == 0, result.output
     assert "trainable parameters:" in result.output and "total time" in result.output
+    assert "1 episode(s) per few-shot setting" in result.output
     table = read_results(Path(ws))
     assert set(table.protocol) == {"logistic", "finetune-lora"}
     assert set(table.model) == {f"{MODEL}-random"} and set(table.store) == {str(store)}
     lora = table[table.protocol == "finetune-lora"]
     assert set(lora.metric) >= {"accuracy", "balanced_accuracy", "macro_f1"}
-    assert set(lora.params) == {
-        "alpha=8;batch=32;dropout=0.1;flip=false;loss=ce;lr=0.001;r=8;steps=2"
-    }
+    assert set(lora.params) == {"alpha=8;batch=32;dropout=0.1;loss=ce;lr=0.001;r=8;steps=2"}
     columns = ["shots", "episode", "n_train", "n_test", "effective_shots"]
     assert len(table.drop_duplicates(columns)) == 1  # the same draw for both
     summary = read_summary(Path(ws))
@@ -177,6 +179,20 @@ def test_cli_extract_probe_finetune_share_the_tables(tmp_path: Path) -> None:
     result = runner.invoke(app, [*tune, "--no-save-adapters"])
     assert result.exit_code == 0, result.output
     assert len(read_results(Path(ws))) == len(table)
+
+
+def test_episodes_default_to_the_probes() -> None:
+    """Issue 11.8: tuned and probed cells average over the same number of draws."""
+    import inspect
+
+    from featkit import finetune, splits
+    from featkit.cli.finetune import finetune_command
+    from featkit.evaluate import ProbeSettings
+
+    option = inspect.signature(finetune_command).parameters["episodes"].default
+    assert option.default == finetune.DEFAULT_EPISODES == ProbeSettings().episodes
+    assert splits.DEFAULT_EPISODES == 10
+    assert inspect.signature(run_finetune).parameters["n_episodes"].default == 10
 
 
 def test_cli_help_has_examples() -> None:

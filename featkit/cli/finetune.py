@@ -63,7 +63,7 @@ def finetune_command(
     method: Method = typer.Option(Method.lora, "--method", help="What to train besides the head."),
     shots: str = typer.Option("1,5,10,all", "--shots", help="Images per class: k, 10% or all."),
     episodes: int = typer.Option(
-        3, "--episodes", help="Draws per few-shot setting (the probe's first N); 'all' has one."
+        10, "--episodes", help="Draws per few-shot setting (the probe's first N); 'all' has one."
     ),
     seed: int = typer.Option(0, "--seed", help="Split, episode and training seed."),
     test_fraction: float = typer.Option(
@@ -84,7 +84,11 @@ def finetune_command(
         None, "--lr", help="Peak learning rate (default: linear 1e-2, lora 1e-3, last-block 2e-4)."
     ),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per step."),
-    no_flip: bool = typer.Option(False, "--no-flip", help="No horizontal flips (text, digits)."),
+    flip: bool = typer.Option(
+        False,
+        "--flip/--no-flip",
+        help="Random horizontal flips (off by default: they change digits, text, chiral classes).",
+    ),
     precision: TrainPrecision = typer.Option(
         TrainPrecision.auto, "--precision", help="auto: bf16 where the CPU or GPU has it."
     ),
@@ -152,7 +156,7 @@ def finetune_command(
         steps=steps,
         lr=lr,
         batch_size=batch_size,
-        hflip=not no_flip,
+        hflip=flip,
         precision=precision.value,
         device=device,
         cpu_threads=cpu_threads,
@@ -166,7 +170,8 @@ def finetune_command(
     label = name + RANDOM_SUFFIX if random_init else name
     console.print(
         f"fine-tuning [bold]{label}[/] ({settings.protocol}, {settings.params()}) on "
-        f"[bold]{rows.dataset}[/]: {len(rows.paths)} images",
+        f"[bold]{rows.dataset}[/]: {len(rows.paths)} images, {episodes} episode(s) per "
+        "few-shot setting ('all' has one)",
         highlight=False,
         soft_wrap=True,
     )

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from featkit.atomic import atomic_path
+from featkit.atomic import fsync_dir, fsync_file
 from featkit.backbones import Backbone
 from featkit.errors import FeatkitError
 from featkit.tune.methods import (
@@ -45,47 +48,85 @@ def save_adapter(
 ) -> Path:
     """Write the trainable tensors of ``classifier`` and its settings to ``directory``.
 
-    Both files are written under temporary names and renamed into place, weights first,
-    so a killed run leaves either no settings file (no adapter) or a complete one.
+    The folder is written whole: both files go into a temporary sibling folder, are
+    flushed to disk, and the folder is renamed into place. A run killed while writing
+    leaves the previous adapter (if any) untouched; ``adapter_sha256`` in the settings
+    ties them to the weights, and loading refuses weights that do not match it.
     """
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.parent.mkdir(parents=True, exist_ok=True)
     tensors = {
         name: p.detach().cpu().contiguous()
         for name, p in classifier.named_parameters()
         if p.requires_grad
     }
     backbone = classifier.backbone
-    weights_path = directory / WEIGHTS_FILE
-    _atomic_write(weights_path, lambda tmp: save_file(tensors, str(tmp)))
-    settings = {
-        "format_version": FORMAT_VERSION,
-        "method": method,
-        "options": asdict(options),
-        "model": backbone.name,
-        "base_weights_sha256": backbone.weights_sha256,
-        "base_digest": frozen_digest(classifier),
-        "image_size": backbone.preprocessing.crop,
-        "embed_dim": backbone.embed_dim,
-        "label_names": list(label_names),
-        "adapter_sha256": _sha256(weights_path),
-        **(extra or {}),
-    }
-    text = json.dumps(settings, indent=2, sort_keys=True) + "\n"
-    _atomic_write(directory / SETTINGS_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent)
+    )
+    try:
+        staging.chmod(0o755)  # mkdtemp's 0700 would make the adapter private to this user
+        weights_path = staging / WEIGHTS_FILE
+        save_file(tensors, str(weights_path))
+        fsync_file(weights_path)
+        settings = {
+            "format_version": FORMAT_VERSION,
+            "method": method,
+            "options": asdict(options),
+            "model": backbone.name,
+            "base_weights_sha256": backbone.weights_sha256,
+            "base_digest": frozen_digest(classifier),
+            "image_size": backbone.preprocessing.crop,
+            "embed_dim": backbone.embed_dim,
+            "label_names": list(label_names),
+            "adapter_sha256": _sha256(weights_path),
+            **(extra or {}),
+        }
+        text = json.dumps(settings, indent=2, sort_keys=True) + "\n"
+        _write_settings(staging / SETTINGS_FILE, text)
+        fsync_file(staging / SETTINGS_FILE)
+        _replace_folder(staging, directory)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
     return directory
 
 
+def _write_settings(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Put the finished folder ``new`` at ``target``, replacing an older one.
+
+    A folder cannot be renamed over a non-empty one, so the old folder is first moved
+    aside; a kill between the two renames leaves it, complete, under ``.<name>.*.old``
+    and :func:`read_adapter_settings` names it.
+    """
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        old.rmdir()
+        os.replace(target, old)
+    os.replace(new, target)
+    fsync_dir(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def read_adapter_settings(directory: Path) -> dict[str, Any]:
-    """The adapter's JSON settings (a plain dict); FeatkitError if the folder holds none."""
+    """The adapter's JSON settings (a plain dict); FeatkitError if the folder holds none
+    or its weights are not the ones the settings were written for."""
     directory = Path(directory)
     path = directory / SETTINGS_FILE
     if not (path.is_file() and (directory / WEIGHTS_FILE).is_file()):
+        aside = sorted(directory.parent.glob(f".{directory.name}.*.old"))
+        hint = f"; an earlier adapter was left at {aside[-1]}" if aside else ""
         raise FeatkitError(
             f"{directory}: expected an adapter folder with {SETTINGS_FILE} and {WEIGHTS_FILE} "
-            "(written by featkit finetune), got none"
+            f"(written by featkit finetune), got none{hint}"
         )
     try:
         settings: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
@@ -95,6 +136,12 @@ def read_adapter_settings(directory: Path) -> dict[str, Any]:
         raise FeatkitError(
             f"{path}: expected adapter format_version {FORMAT_VERSION}, "
             f"got {settings.get('format_version')!r}"
+        )
+    recorded, actual = settings.get("adapter_sha256"), _sha256(directory / WEIGHTS_FILE)
+    if recorded != actual:
+        raise FeatkitError(
+            f"{directory / WEIGHTS_FILE}: expected weights with sha256 {str(recorded)[:12]} "
+            f"(recorded in {SETTINGS_FILE}), got {actual[:12]}: the adapter is damaged or mixed"
         )
     return settings
 
@@ -203,8 +250,3 @@ def _sha256(path: Path) -> str:
         while block := fh.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    with atomic_path(path) as tmp:
-        write(tmp)

@@ -77,7 +77,13 @@ class Augment:
     our own generator (torchvision's transforms draw from the global RNG)."""
 
     preprocessing: Preprocessing
-    scale: tuple[float, float] = (0.5, 1.0)  # crop area as a fraction of the image
+    # Crop area as a fraction of the image. At least 80 %: a light tune of a few hundred
+    # steps cannot learn to recognise a class from half an image, and on data whose
+    # object fills the frame (digits, text, lesions) such a crop can drop the object.
+    # Measured on the demo (featkit-tiny-dino, 10-shot digits, last-block, 3 episodes):
+    # areas 50-100 % ended at a training loss of 2.3-2.4 (chance ln 10 = 2.3), 80-100 %
+    # at 1.75-1.96, balanced accuracy 61.0 vs 60.7 %.
+    scale: tuple[float, float] = (0.8, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop aspect ratio range
     hflip: bool = True
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
 from featkit.backbones import Backbone
@@ -43,6 +44,9 @@ class TunedClassifier(nn.Module):
     def __init__(self, backbone: Backbone, num_classes: int) -> None:
         super().__init__()
         self.backbone = backbone
+        # Standardises the CLS token for the head while the backbone is tuned (see
+        # featkit.tune.head); an identity otherwise and in every saved classifier.
+        self.norm: nn.Module = nn.Identity()
         self.head = nn.Linear(backbone.embed_dim, num_classes)
         # DINO's linear evaluation initialisation: small weights, zero bias.
         nn.init.normal_(self.head.weight, std=0.01)
@@ -52,7 +56,12 @@ class TunedClassifier(nn.Module):
         return self.backbone(images).cls  # type: ignore[no-any-return]
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.head(self.features(images))  # type: ignore[no-any-return]
+        features = self.features(images).float()
+        # The head runs in fp32 even under bf16 autocast: folded into raw-feature weights
+        # it computes W'x + b' with |W'| ~ 1/std, and where features vary by 1e-5 (a
+        # random DINOv2 layout) bf16's 8-bit mantissa cancels the signal to noise.
+        with torch.autocast(features.device.type, enabled=False):
+            return self.head(self.norm(features))  # type: ignore[no-any-return]
 
 
 MethodSetup = Callable[[TunedClassifier, MethodOptions], None]

@@ -150,10 +150,12 @@ def train(
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
-    """Endless shuffled epochs cut into batches; the last batch of an epoch may be short."""
+    """Endless shuffled epochs cut into full batches (the images left over go to the next
+    epochs' draws): a short last batch gives a noisy step and, with the head's batch
+    statistics, a noisy normalisation."""
     while True:
         perm = torch.randperm(n, generator=generator)
-        for i in range(0, n, batch_size):
+        for i in range(0, n - batch_size + 1, batch_size):
             yield perm[i : i + batch_size]
 
 
