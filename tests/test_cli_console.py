@@ -12,8 +12,8 @@ from rich.table import Table
 from typer.testing import CliRunner
 
 import featkit.cli.probe as probe_cli
-from featkit.cli import app
-from featkit.cli._console import PipeSafeConsole, terminal_progress
+from featkit.cli import _common, app
+from featkit.cli._console import PipeSafeConsole
 from featkit.progress import SILENT, OnceFilter
 from tests.test_evaluate import make_store
 
@@ -45,12 +45,10 @@ def test_pipe_safe_console_honours_columns_and_terminals() -> None:
     assert PipeSafeConsole(file=io.StringIO(), force_terminal=True, width=100).width == 100
 
 
-def test_probe_summary_headers_are_intact_under_clirunner(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # probe prints through featkit.cli._common.out; built as a PipeSafeConsole it keeps
-    # every header when stdout is not a terminal (CliRunner's is not).
-    monkeypatch.setattr(probe_cli, "out", PipeSafeConsole())
+def test_probe_summary_headers_are_intact_under_clirunner(tmp_path: Path) -> None:
+    # probe prints through featkit.cli._common.out, a PipeSafeConsole: it keeps every
+    # header when stdout is not a terminal (CliRunner's is not), and draws no bars.
+    assert isinstance(probe_cli.out, PipeSafeConsole)
     make_store(tmp_path, "a_model_with_a_long_name_for_the_table")
     args = ["probe", "-w", str(tmp_path), "--shots", "1,5,10", "--protocols", "knn,prototype"]
     result = CliRunner().invoke(app, [*args, "--episodes", "2"])
@@ -58,13 +56,19 @@ def test_probe_summary_headers_are_intact_under_clirunner(
     assert "10-shot" in result.output and "5-shot" in result.output
     assert "a_model_with_a_long_name_for_the_table" in result.output
     assert "…" not in result.output
+    assert "━" not in result.output  # no progress-bar fragments in a log
 
 
-def test_no_progress_bars_off_a_terminal() -> None:
-    with terminal_progress(Console(file=io.StringIO())) as progress:
+def test_no_progress_bars_off_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_common, "console", PipeSafeConsole(file=io.StringIO()))
+    with _common.progress_bars() as progress:
         assert progress is SILENT
-    with terminal_progress(Console(file=io.StringIO(), force_terminal=True)) as progress:
+    terminal = PipeSafeConsole(file=io.StringIO(), force_terminal=True)
+    monkeypatch.setattr(_common, "console", terminal)
+    with _common.progress_bars() as progress:
         assert progress is not SILENT
+        progress.task("work", 2).advance(2)
+    assert "work" in terminal.file.getvalue()
 
 
 def test_each_warning_prints_once() -> None:

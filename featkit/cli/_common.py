@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import (
     BarColumn,
@@ -27,9 +26,10 @@ from rich.progress import (
 )
 from rich.progress import Progress as RichProgressBar
 
+from featkit.cli._console import PipeSafeConsole
 from featkit.errors import FeatkitError
 from featkit.integrity import is_disk_full
-from featkit.progress import ProgressTask
+from featkit.progress import SILENT, OnceFilter, Progress, ProgressTask
 from featkit.workspace import DEFAULT_WORKSPACE
 
 
@@ -41,8 +41,9 @@ class TrainPrecision(str, Enum):
     bf16 = "bf16"
 
 
-console = Console(stderr=True)
-out = Console()
+# Pipe-safe: when not on a terminal, tables keep their natural width (no "10-s…").
+console = PipeSafeConsole(stderr=True)
+out = PipeSafeConsole()
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -137,6 +138,10 @@ RULES: dict[str, Rule] = {
     "lora_dropout": Rule("--lora-dropout", "a number in [0, 1)", _number(0, 1, open_high=True)),
     "momentum_teacher": Rule("--momentum-teacher", "a number in [0, 1]", _number(0, 1)),
     "threshold": Rule("--threshold", "a number in (0, 1]", _number(0, 1, open_low=True)),
+    # A fraction (0.8) or a percent (80) of the metric.
+    "target": Rule(
+        "--target", "a fraction in (0, 1] or a percent in (1, 100]", _number(0, 100, open_low=True)
+    ),
     "out_dir": Rule("--out", "a folder, not an existing file", _not_a_file),
     "out_path": Rule("--out", "a file name, not an existing folder", _not_a_folder),
 }
@@ -213,6 +218,8 @@ def _setup_logging() -> None:
     if not logger.handlers:
         handler = RichHandler(console=console, show_time=False, show_path=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
+        # A warning logged in every episode prints once.
+        handler.addFilter(OnceFilter())
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
@@ -244,7 +251,11 @@ class RichProgress:
 
 
 @contextmanager
-def progress_bars() -> Iterator[RichProgress]:
+def progress_bars() -> Iterator[Progress]:
+    """Rich bars on stderr when it is a terminal; nothing otherwise (logs stay clean)."""
+    if not console.is_terminal:
+        yield SILENT
+        return
     bar = RichProgressBar(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

@@ -5,25 +5,18 @@
   to ``10-s…``. :class:`PipeSafeConsole` reports a very wide console when it is not
   writing to a terminal (and ``COLUMNS`` is unset), so tables take their natural
   width and no header or cell is truncated. On a terminal nothing changes.
-- **Progress.** :func:`terminal_progress` draws rich bars on stderr only when stderr
-  is a terminal; otherwise it hands out :data:`featkit.progress.SILENT`, so logs hold
-  no bar fragments.
-- **Warnings.** :func:`once_only` installs :class:`featkit.progress.OnceFilter` on the
-  handlers of the ``featkit`` logger, so a warning logged in every episode prints once.
+- **Progress.** ``featkit.cli._common.progress_bars`` draws rich bars on stderr only
+  when stderr is a terminal; otherwise it hands out :data:`featkit.progress.SILENT`,
+  so logs hold no bar fragments.
+- **Warnings.** The ``featkit`` log handler carries a
+  :class:`featkit.progress.OnceFilter`, so a warning logged in every episode prints once.
 
-The shared consoles of ``featkit/cli/_common.py`` can be built here:
-``console = PipeSafeConsole(stderr=True)`` and ``out = PipeSafeConsole()``.
+The shared consoles of ``featkit/cli/_common.py`` are built from :class:`PipeSafeConsole`.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from rich.console import Console, ConsoleDimensions
-
-from featkit.progress import SILENT, OnceFilter, Progress
 
 # Wide enough for any table featkit prints; tables never stretch to it (expand=False).
 PIPE_WIDTH = 4096
@@ -42,25 +35,3 @@ class PipeSafeConsole(Console):
     @size.setter
     def size(self, new_size: tuple[int, int]) -> None:
         self._width, self._height = new_size
-
-
-@contextmanager
-def terminal_progress(console: Console) -> Iterator[Progress]:
-    """Rich bars (on stderr) when ``console`` is a terminal, :data:`SILENT` otherwise."""
-    if not console.is_terminal:
-        yield SILENT
-        return
-    from featkit.cli._common import progress_bars
-
-    with progress_bars() as bars:
-        yield bars
-
-
-def once_only(logger_name: str = "featkit") -> None:
-    """Give every handler of the logger a :class:`OnceFilter` (idempotent).
-
-    Python's own :mod:`warnings` already print once per code location by default.
-    """
-    for handler in logging.getLogger(logger_name).handlers:
-        if not any(isinstance(f, OnceFilter) for f in handler.filters):
-            handler.addFilter(OnceFilter())

@@ -99,6 +99,12 @@ def extract_command(
         "--allow-outside-root",
         help="Let a CSV manifest name files outside its folder (../ or absolute paths).",
     ),
+    transform: str = typer.Option(
+        "processor",
+        "--transform",
+        help="hf: models only: follow the model's processor config (processor) or the "
+        "DINO family's evaluation recipe, shorter-side resize + centre crop (family).",
+    ),
     random_init: bool = typer.Option(
         False,
         "--random-init",
@@ -167,7 +173,11 @@ def extract_command(
         torch.manual_seed(0)
     with safe_loads("--model", model):
         backbone = create_backbone(
-            model, weights=weights, image_size=image_size, pretrained=not random_init
+            model,
+            weights=weights,
+            image_size=image_size,
+            pretrained=not random_init,
+            transform=transform,
         )
     if adapter is not None and tuned is not None:
         backbone = load_tuned_backbone(backbone, adapter)

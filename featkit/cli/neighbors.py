@@ -12,8 +12,7 @@ from typing import Any
 
 import typer
 
-from featkit.cli._common import user_errors
-from featkit.cli._console import PipeSafeConsole, once_only
+from featkit.cli._common import out, user_errors
 from featkit.nearby import DUPLICATE_THRESHOLD
 
 ORDER = 14
@@ -54,7 +53,7 @@ def _emit(rows: list[dict[str, Any]], columns: list[str], title: str, fmt: Outpu
         table.add_column(column, justify="right" if numeric else "left", no_wrap=True)
     for row in rows:
         table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
-    PipeSafeConsole().print(table)
+    out.print(table)
 
 
 @user_errors
@@ -80,7 +79,7 @@ def neighbors_command(
         help="Neighbours: shown for --query (5), candidates per image for --duplicates (10), "
         "voters for --label-noise (10).",
     ),
-    threshold: float = typer.Option(
+    min_cosine: float = typer.Option(
         DUPLICATE_THRESHOLD,
         "--threshold",
         help="--duplicates: cosine at or above which a pair is listed.",
@@ -120,7 +119,6 @@ def neighbors_command(
     from featkit.nearby import label_noise as rank_label_noise
     from featkit.store import open_store
 
-    once_only()
     modes = [name for name, on in (("--query", query is not None), ("--duplicates", duplicates),
                                    ("--label-noise", label_noise)) if on]  # fmt: skip
     if len(modes) != 1:
@@ -140,9 +138,9 @@ def neighbors_command(
             rows = [asdict(n) for n in found]
             title = f"nearest to {query} ({opened.model}, {kind})"
         elif duplicates:
-            pairs = duplicate_pairs(opened, kind, threshold, k or DEFAULT_K["duplicates"])
+            pairs = duplicate_pairs(opened, kind, min_cosine, k or DEFAULT_K["duplicates"])
             rows = [asdict(p) for p in pairs]
-            title = f"{len(rows)} pairs with cosine ≥ {threshold} ({opened.model}, {kind})"
+            title = f"{len(rows)} pairs with cosine ≥ {min_cosine} ({opened.model}, {kind})"
             top = 0 if top is None else top
         else:
             suspects = rank_label_noise(opened, kind, k or DEFAULT_K["label_noise"])
