@@ -95,7 +95,10 @@ def test_lora_on_a_dinov2_layout_learns_instead_of_diverging(tmp_path: Path) -> 
     assert accuracy > 0.3
 
 
+# 12-20 s: outside the default run (pyproject deselects "benchmark"); run it with
+# pytest -m benchmark tests/test_finetune_learns.py
 @pytest.mark.slow
+@pytest.mark.benchmark
 def test_last_block_beats_the_frozen_linear_head_on_random_features(tmp_path: Path) -> None:
     """Random-init features are poor; tuning the last block must add to a frozen head.
 
