@@ -1,6 +1,6 @@
 """The results files of a workspace: write, merge, read and summarise.
 
-``results/results.csv`` is long: one row per measured number (the DESIGN.md contract).
+``results/results.csv`` is long: one row per measured number (the contract in docs/internals.md).
 Every row carries a ``run_id``, a hash of what produced it (store fingerprint, dataset
 name, the data itself: paths, labels and splits via ``data_id``, feature, protocol,
 params, shots, seed, test fraction, episode); writing a run replaces the rows with its
