@@ -71,10 +71,10 @@ def atomic_hdf5(path: Path, tmp_path: Path | None = None) -> Iterator[h5py.File]
         try:
             yield h5
             h5.flush()
+            h5.close()
         except BaseException:
             _abandon(h5, tmp)
             raise
-        h5.close()
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         damage = verify_file(tmp)
@@ -111,10 +111,15 @@ def _abandon(h5: h5py.File, tmp: Path) -> None:
     process later. Truncating the abandoned file first frees its space, so that the close
     succeeds; the file is deleted anyway.
     """
-    with contextlib.suppress(OSError):
-        os.truncate(tmp, 0)
-    with contextlib.suppress(Exception):
-        h5.close()
+    for _ in range(3):
+        with contextlib.suppress(OSError):
+            os.truncate(tmp, 0)
+        try:
+            # Drops h5py's references to every object of the file, then the file.
+            h5.close()
+            return
+        except Exception:
+            continue  # the close wrote part of its cache again; free it and retry
 
 
 class StoreWriter:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 import os
 import pickle
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ from rich.progress import (
 from rich.progress import Progress as RichProgressBar
 
 from featkit.cli._console import PipeSafeConsole
-from featkit.errors import FeatkitError
+from featkit.errors import DiskFullError, FeatkitError
 from featkit.integrity import is_disk_full
 from featkit.progress import SILENT, OnceFilter, Progress, ProgressTask
 from featkit.workspace import DEFAULT_WORKSPACE
@@ -184,6 +186,8 @@ def user_errors(func: F) -> F:
             return func(*args, **kwargs)
         except FeatkitError as error:
             console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            if isinstance(error, DiskFullError):
+                _exit_now(2)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]: rerun the same command to resume")
@@ -211,6 +215,24 @@ def user_errors(func: F) -> F:
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _exit_now(code: int) -> None:
+    """End the process without interpreter teardown, after a full disk.
+
+    HDF5 can keep a file open that it failed to close for lack of space; at teardown it
+    retries those writes and the process dies (SIGBUS or SIGSEGV, seen on a full tmpfs)
+    after the one-line message. Every file featkit keeps is already fsynced and renamed,
+    so nothing is lost by skipping teardown. Under a test runner (stderr replaced) this
+    returns and the caller exits normally.
+    """
+    if sys.stderr is not sys.__stderr__:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            if stream is not None:
+                stream.flush()
+    os._exit(code)
 
 
 def _setup_logging() -> None:
