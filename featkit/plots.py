@@ -29,7 +29,7 @@ ANNOTATE_MAX_CLASSES = 20
 RECALL_MAX_METHODS = 6
 
 
-def _save(fig: Figure, path: Path) -> None:
+def save_figure(fig: Figure, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
     # Through the atomic helper: a kill mid-write keeps the previous picture, never 0 bytes.
@@ -101,7 +101,7 @@ def plot_confusion(
                     color=color,
                     fontsize=8,
                 )
-    _save(fig, path)
+    save_figure(fig, path)
     return fig
 
 
@@ -149,7 +149,7 @@ def plot_recall_vs_class_size(
     ax.set_title(title or "per-class recall vs class size")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def pca_2d(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -211,7 +211,7 @@ def plot_embedding_pca(
         markerscale=2,
         ncols=1 if len(classes) <= 25 else 2,
     )
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _read_store(path: Path) -> tuple[np.ndarray, np.ndarray, list[str], str, str]:
@@ -337,7 +337,7 @@ def plot_attention(
         _outline(ax, masks[i], size)
         ax.set_title(f"mask {i}: {int(masks[i].sum())} patches", fontsize=8)
     fig.suptitle(title or "last-block CLS attention", fontsize=11)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_point_similarity(
@@ -363,7 +363,7 @@ def plot_point_similarity(
     right.set_title("cosine similarity of patch features", fontsize=9)
     fig.colorbar(shown, ax=right, fraction=0.046, pad=0.04)
     fig.suptitle(title, fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_pca_rgb(image: np.ndarray, rgb: np.ndarray, path: Path, title: str = "") -> None:
@@ -378,4 +378,4 @@ def plot_pca_rgb(image: np.ndarray, rgb: np.ndarray, path: Path, title: str = ""
     right.imshow(rgb, extent=extent, interpolation="nearest")
     right.set_title("PC1-3 of patch features → RGB", fontsize=9)
     fig.suptitle(title, fontsize=10)
-    _save(fig, path)
+    save_figure(fig, path)

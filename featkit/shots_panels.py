@@ -15,10 +15,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from featkit.plots import DPI, palette
+from featkit.plots import palette, save_figure
 from featkit.splits import shots_sort_key
 
 FINETUNE_PREFIX = "finetune"
@@ -99,7 +98,5 @@ def plot_shots_panels(summary: pd.DataFrame, metric: str, path: Path, title: str
         f"{title}: {metric.replace('_', ' ')} vs labels per class (mean, 95 % CI)".lstrip(": ")
     )
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    save_figure(fig, path)
     return fig

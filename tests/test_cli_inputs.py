@@ -61,6 +61,8 @@ CASES: list[tuple[str, str]] = [
     ("extract SRC --model m --image-size -14", "--image-size"),
     ("extract SRC --model m --out DIR", "--out"),
     ("attention SRC --model m --threshold 0", "--threshold"),
+    ("report --target 0", "--target"),
+    ("report --target 120", "--target"),
     ("attention SRC --model m --threshold 1.5", "--threshold"),
     ("attention SRC --model m --out FILE", "--out"),
     ("demo --episodes 0", "--episodes"),
