@@ -48,6 +48,7 @@ class Extrapolation:
     protocol: str
     params: str
     feature: str
+    label: str  # the method as the comparison table names it
     shots_measured: tuple[int, ...]
     labels_needed: float  # median over the bootstrap; inf when the curve never gets there
     low: float
@@ -87,7 +88,7 @@ def _per_class(shots: str) -> str:
 def _route_name(row: pd.Series) -> str:
     protocol = str(row["protocol"])
     shots = str(row["shots"])
-    label = protocol + (f" ({row['params']})" if row.get("params") else "")
+    label = str(row["label"])
     if protocol.startswith(FINETUNE_PREFIX):
         return f"{label} with {_per_class(shots)}"
     if shots == "0":
@@ -151,8 +152,9 @@ def _best_extrapolation(routes: pd.DataFrame, target: float, seed: int) -> Extra
             continue
         point, low, high = result
         shots_measured = tuple(sorted(int(s) for s in curve["shots"]))
+        label = str(curve["label"].iloc[0])
         found = Extrapolation(
-            str(protocol), str(params), str(feature), shots_measured, point, low, high
+            str(protocol), str(params), str(feature), label, shots_measured, point, low, high
         )
         if best is None or found.labels_needed < best.labels_needed:
             best = found
@@ -173,6 +175,11 @@ def answer(summary: pd.DataFrame, target: float, metric: str, seed: int = 0) -> 
         raise FeatkitError(f"summary: expected columns {', '.join(missing)}, found none")
     routes = summary[needed].copy()
     routes["params"] = routes["params"].fillna("").astype(str)
+    # The table's short method name when the caller has one ("knn", "knn (k=10)").
+    if "method" in summary.columns:
+        routes["label"] = summary["method"].astype(str)
+    else:
+        routes["label"] = routes["protocol"] + [f" ({p})" if p else "" for p in routes["params"]]
     routes["shots"] = routes["shots"].astype(str)
     routes["verdict"] = [
         verdict(lo, hi, target) for lo, hi in zip(routes["low"], routes["high"], strict=True)
@@ -228,7 +235,7 @@ def _extrapolation_words(found: Extrapolation | None, target: float) -> str:
         return " No shots curve with two or more shot counts exists to extrapolate from."
     measured = ", ".join(str(s) for s in found.shots_measured)
     largest = max(found.shots_measured)
-    method = found.protocol + (f" ({found.params})" if found.params else "")
+    method = found.label
     if not math.isfinite(found.labels_needed) or found.labels_needed > MAX_EXTRAPOLATION * largest:
         return (
             f" Its best shots curve ({method}, measured at {measured} shots) does not reach "

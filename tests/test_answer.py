@@ -173,3 +173,12 @@ def test_shots_panels_one_panel_per_model_shared_axis_best_finetune_starred(tmp_
     # x positions follow the reading order 1, 5, 10, all.
     labels = [t.get_text() for t in panels[0].get_xticklabels()]
     assert labels == ["1", "5", "10", "all"]
+
+
+def test_routes_are_named_as_the_table_names_methods() -> None:
+    summary = _summary([("m", "knn", "5", 0.9, 0.85, 0.95)])
+    summary["params"] = "index=auto;k=20;temperature=0.07"
+    summary["method"] = "knn"
+    result = answer(summary, target=0.8, metric="accuracy")
+    assert "m reaches it with knn with 5 labels per class" in result.paragraph
+    assert "index=auto" not in result.paragraph
