@@ -16,7 +16,7 @@ import itertools
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,17 @@ class ProbeSettings:
     test_fraction: float = DEFAULT_TEST_FRACTION  # when the data name no test split
     bootstrap: int = DEFAULT_BOOTSTRAP  # stratified resamples of the test images per row
     splits: int = 1  # > 1: the "all" column is this many stratified folds (k-fold)
+    select: bool = False  # a protocol's grid becomes one method, chosen on validation
+
+
+def _with_selection(settings: ProbeSettings) -> ProbeSettings:
+    """With ``select``, each protocol's grid becomes one method chosen on a validation
+    split of the training images (:mod:`featkit.selection`), never on test."""
+    if not settings.select:
+        return settings
+    from featkit.selection import select_grids
+
+    return replace(settings, protocols=select_grids(settings.protocols))
 
 
 @dataclass
@@ -272,6 +283,7 @@ def evaluate_arrays(
     data: EvalData, settings: ProbeSettings = ProbeSettings(), progress: Progress = SILENT
 ) -> ProbeResults:
     """Run the sweep on one data set's arrays; nothing is written."""
+    settings = _with_selection(settings)
     check_data(data, settings)
     label_free = [s for s in settings.protocols if not s.supervised]
     draws = _episodes(data, settings, with_zero=bool(label_free))
@@ -358,6 +370,7 @@ def _known(data: EvalData, settings: ProbeSettings, existing: ProbeResults) -> P
     """The stored rows of exactly this sweep, or None when any run is missing."""
     if existing.results.empty:
         return None
+    settings = _with_selection(settings)
     label_free = any(not s.supervised for s in settings.protocols)
     draws = _episodes(data, settings, with_zero=label_free, warn=False)
     wanted = {job.base["run_id"] for job in _jobs(data, settings, draws)}

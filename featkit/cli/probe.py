@@ -90,7 +90,10 @@ def _table(summary: pd.DataFrame, specs: Sequence[ProtocolSpec], shots: list[str
     for key, group in rows.groupby(keys, sort=False):
         dataset, model, feature, protocol, params = (str(part) for part in key)  # type: ignore[union-attr]
         found = by_params.get((protocol, params))
-        label = _label(found, varying[protocol]) if found else protocol
+        if found:
+            label = _label(found, varying[protocol])
+        else:  # a grid chosen on validation (--select) is one method
+            label = f"{protocol} (selected)" if params.startswith("select=") else protocol
         cells = []
         for s in columns:
             hit = group[group["shots"] == s]
@@ -151,6 +154,12 @@ def probe(
         "--splits",
         help="Folds for the 'all' column: N > 1 tests every labelled image once (N-fold).",
     ),
+    select: bool = typer.Option(
+        False,
+        "--select",
+        help="Treat each protocol's grid (e.g. --knn-k 10,20,50) as one method: choose the "
+        "setting per episode on a validation split of the training images, never on test.",
+    ),
     force: bool = typer.Option(
         False, "--force", help="Recompute even when the workspace already has these results."
     ),
@@ -177,6 +186,8 @@ def probe(
       featkit probe --protocols balanced --balanced-beta 0.99,0.999 --balanced-tau 0,1
 
       featkit probe --shots 5,all --splits 5   # 'all' as 5-fold: every image tested once
+
+      featkit probe --knn-k 5,10,20,50 --select   # k chosen on validation, not on test
 
     An unchanged rerun returns the stored results at once (--force recomputes).
     """
@@ -217,6 +228,7 @@ def probe(
         seed=seed,
         test_fraction=test_fraction,
         splits=splits,
+        select=select,
     )
     paths = list(stores) if stores else find_stores(ws)
     if not paths:
