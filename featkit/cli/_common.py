@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
+from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import (
     BarColumn,
@@ -238,7 +239,9 @@ def _exit_now(code: int) -> None:
 def _setup_logging() -> None:
     logger = logging.getLogger("featkit")
     if not logger.handlers:
-        handler = RichHandler(console=console, show_time=False, show_path=False)
+        # A plain console: log lines are padded to the console's width, and the pipe-safe
+        # one is 4096 columns wide off a terminal.
+        handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
         # A warning logged in every episode prints once.
         handler.addFilter(OnceFilter())
