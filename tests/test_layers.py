@@ -61,7 +61,8 @@ def _manual(backbone: Backbone, images: torch.Tensor) -> tuple[torch.Tensor, tor
 
 
 @pytest.mark.parametrize(
-    "name, size", [("timm:vit_tiny_patch16_224", 32), ("dinov2_vits14_reg", 28)]
+    "name, size",
+    [("timm:vit_tiny_patch16_224", 32), ("dinov2_vits14", 28), ("dinov2_vits14_reg", 28)],
 )
 def test_forward_layers_equal_a_manual_loop_over_the_blocks(name: str, size: int) -> None:
     backbone = _tiny(name, size)
@@ -76,6 +77,27 @@ def test_forward_layers_equal_a_manual_loop_over_the_blocks(name: str, size: int
     for bad in (0, 4):
         with pytest.raises(FeatkitError, match=f"layers: expected 1 to 3 .*got {bad}"):
             backbone.forward_layers(images, bad)
+
+
+@pytest.mark.parametrize("kind", ["Dinov2", "DINOv3ViT"])
+def test_forward_layers_of_hf_models_equal_their_hidden_states(tmp_path: Path, kind: str) -> None:
+    import transformers
+
+    torch.manual_seed(0)
+    config = getattr(transformers, f"{kind}Config")(
+        hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
+        image_size=32, patch_size=8,
+    )  # fmt: skip
+    model = getattr(transformers, f"{kind}Model")(config).eval()
+    model.save_pretrained(tmp_path)
+    backbone = create_backbone(f"hf:{tmp_path}")
+    images = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        hidden = model(pixel_values=images, output_hidden_states=True).hidden_states
+        norm = model.layernorm if kind == "Dinov2" else model.norm
+        truth = torch.stack([norm(h)[:, 0] for h in hidden[-2:]], dim=1)
+        _, layers = backbone.forward_layers(images, 2)
+    torch.testing.assert_close(layers, truth, rtol=1e-5, atol=1e-5)
 
 
 def test_store_holds_the_official_kinds(backbone: Backbone, tmp_path: Path) -> None:
