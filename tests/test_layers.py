@@ -182,3 +182,6 @@ def test_cli_extract_layers_then_probe_cls4(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "cls<k>+avgpool" in result.stderr, result.output
     result = runner.invoke(app, ["extract", str(data), *model, "--layers", "0", "-w", str(ws)])
     assert result.exit_code == 2 and "--layers: expected a positive" in result.stderr
+    result = runner.invoke(app, ["extract", str(data), *model, "--layers", "13", "-w", str(ws)])
+    assert result.exit_code == 2 and "--layers: expected 1 to 12" in result.stderr
+    assert "extracting" not in result.output  # refused before anything starts

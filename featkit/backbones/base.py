@@ -212,7 +212,7 @@ class Backbone(nn.Module):
         def keep(_module: nn.Module, _args: Any, output: Any) -> None:
             # transformers blocks return tuples; the hidden states come first.
             hidden = output[0] if isinstance(output, (tuple, list)) else output
-            seen.append(hidden[:, 0])
+            seen.append(hidden[:, 0].clone())  # not a view that keeps the block output
 
         handles = [block.register_forward_hook(keep) for block in self.blocks[-n:]]
         try:

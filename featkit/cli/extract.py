@@ -189,6 +189,11 @@ def extract_command(
             pretrained=not random_init,
             transform=transform,
         )
+    if layers > max(1, backbone.depth()):
+        raise FeatkitError(
+            f"--layers: expected 1 to {max(1, backbone.depth())} for {model} "
+            f"({backbone.depth()} transformer blocks), got {layers}"
+        )
     if adapter is not None and tuned is not None:
         backbone = load_tuned_backbone(backbone, adapter)
         # The tuned weights are what the store's features depend on: fingerprint them.
