@@ -101,7 +101,8 @@ class ProbeSettings:
 
     protocols: tuple[ProtocolSpec, ...] = tuple(ProtocolSpec(n) for n in DEFAULT_PROTOCOLS)
     shots: tuple[Shots, ...] = parse_shots("1,5,10,all")
-    features: tuple[str, ...] = ("cls",)  # "cls" | "patch_mean" | "cls+patch_mean"
+    # "cls" | "patch_mean" | "cls+patch_mean" | "cls<k>" | "cls<k>+avgpool" (Store.features)
+    features: tuple[str, ...] = ("cls",)
     episodes: int = DEFAULT_EPISODES  # per few-shot setting; "all" always has one
     seed: int = 0  # drives the train/test split and the episodes
     test_fraction: float = DEFAULT_TEST_FRACTION  # when the data name no test split

@@ -95,6 +95,9 @@ class ExtractSettings:
     model_name: str | None = None  # model name in the store; default: backbone.name
     overwrite: bool = False  # replace a store made with other settings instead of refusing
     retry_failed: bool = False  # run previously failed images again
+    # CLS tokens of the last n blocks to store as /features/cls_layers (the official
+    # linear-evaluation features, kinds cls<k> and cls<k>+avgpool); 1 stores none.
+    layers: int = 1
 
 
 @dataclass
@@ -128,9 +131,12 @@ def partial_dir(out_path: Path) -> Path:
     return out_path.with_name(f".{out_path.name}.partial")
 
 
-def effective_shard_size(requested: int, dim: int, grid_hw: tuple[int, int] | None) -> int:
+def effective_shard_size(
+    requested: int, dim: int, grid_hw: tuple[int, int] | None, layers: int = 1
+) -> int:
     """Rows per shard: ``requested``, lowered so that one shard stays under SHARD_BYTES."""
     row_bytes = dim * 8 + (grid_hw[0] * grid_hw[1] * dim * 2 if grid_hw else 0)
+    row_bytes += dim * 4 * layers if layers > 1 else 0
     return max(1, min(requested, SHARD_BYTES // row_bytes))
 
 
@@ -139,7 +145,7 @@ def _check_settings(settings: ExtractSettings) -> None:
         raise FeatkitError(
             f"patches: expected one of {', '.join(PATCH_MODES)}, got {settings.patches!r}"
         )
-    for name in ("batch_size", "shard_size"):
+    for name in ("batch_size", "shard_size", "layers"):
         value = getattr(settings, name)
         if not isinstance(value, int) or value < 1:
             raise FeatkitError(f"{name}: expected a positive integer, got {value!r}")
@@ -306,6 +312,14 @@ def extract(
     device = resolve_device(settings.device)
     precision = resolve_precision(settings.precision, detect_hardware(device))
     fingerprint = make_fingerprint(backbone, precision=precision, patches=settings.patches)
+    if settings.layers != 1:
+        depth = backbone.depth()
+        if settings.layers > depth:
+            raise FeatkitError(
+                f"layers: expected 1 to {max(depth, 1)} for {backbone.name} ({depth} "
+                f"transformer blocks), got {settings.layers}"
+            )
+        fingerprint["layers"] = settings.layers  # absent for 1, so earlier stores still match
     dim = backbone.embed_dim
     grid_hw = (crop // patch, crop // patch) if settings.patches == "full" else None
     work_dir = partial_dir(out_path)
@@ -331,7 +345,7 @@ def extract(
             todo = [k for k in mine if not _shard_done(_shard_path(work_dir, k), plan, k)]
             if todo:
                 backbone.to(device).eval()
-                runner = _Runner(backbone, device, precision, settings.patches)
+                runner = _Runner(backbone, device, precision, settings.patches, settings.layers)
                 extracted, seconds = _run_shards(
                     plan,
                     todo,
@@ -400,7 +414,7 @@ def _plan(
     finally:
         if store is not None:
             store.close()
-    shard_size = effective_shard_size(settings.shard_size, dim, grid_hw)
+    shard_size = effective_shard_size(settings.shard_size, dim, grid_hw, settings.layers)
     plan = _Plan(
         fingerprint=fingerprint,
         work=work,
@@ -455,6 +469,7 @@ def _check_space(
     new one replaces it, so it is not counted as free.
     """
     row_bytes = dim * 4 * (1 if settings.patches == "none" else 2) + 256
+    row_bytes += dim * 4 * settings.layers if settings.layers > 1 else 0
     if grid_hw is not None:
         row_bytes += grid_hw[0] * grid_hw[1] * dim * 2
     done = sum(f.stat().st_size for f in work_dir.glob("shard-*.h5")) if work_dir.is_dir() else 0

@@ -193,6 +193,9 @@ def _merge(
         shapes["patch_mean"] = ((dim,), np.float32)
     if grid_hw is not None:
         shapes["patches"] = ((*grid_hw, dim), np.float16)
+    layers = int(plan.fingerprint.get("layers", 1))
+    if layers > 1:
+        shapes["cls_layers"] = ((layers, dim), np.float32)
     row_bytes = sum(int(np.prod(shape)) * np.dtype(dt).itemsize for shape, dt in shapes.values())
     block = max(1, MERGE_BYTES // row_bytes)
 
@@ -223,6 +226,7 @@ def _merge(
             fingerprint=plan.fingerprint,
             patch_mean="patch_mean" in shapes,
             grid=grid_hw,
+            layers=layers,
         )
         h5.attrs["plan_id"] = plan.plan_id
         # Where the paths are relative to (for a manifest with --allow-outside-root, the
@@ -232,7 +236,13 @@ def _merge(
             n = min(len(records), start + block) - start
             out = {name: np.empty((n, *shape), dtype=dt) for name, (shape, dt) in shapes.items()}
             sources.fill(start, out)
-            writer.write_features(start, out["cls"], out.get("patch_mean"), out.get("patches"))
+            writer.write_features(
+                start,
+                out["cls"],
+                out.get("patch_mean"),
+                out.get("patches"),
+                cls_layers=out.get("cls_layers"),
+            )
             task.advance(n)
         writer.write_images(
             paths=paths,

@@ -101,9 +101,13 @@ class _Plan:
 
     @property
     def plan_id(self) -> str:
+        binding = {k: self.fingerprint.get(k) for k in BINDING_KEYS}
+        if binding.get("layers") is None:
+            # Absent unless --layers > 1: plans of earlier versions keep their id.
+            binding.pop("layers", None)
         blob = json.dumps(
             {
-                "fp": {k: self.fingerprint.get(k) for k in BINDING_KEYS},
+                "fp": binding,
                 "work": self.work,
                 "shard": self.shard_size,
                 **({"stats": [list(x) for x in self.stats]} if self.stats else {}),
@@ -177,29 +181,38 @@ def _shard_done(path: Path, plan: _Plan, k: int) -> bool:
 class _Runner:
     """Runs batches through the backbone and lays results out as shard arrays."""
 
-    def __init__(self, backbone: Backbone, device: str, precision: str, patches: str) -> None:
+    def __init__(
+        self, backbone: Backbone, device: str, precision: str, patches: str, layers: int = 1
+    ) -> None:
         self.backbone = backbone
         self.device = device
         self.precision = precision
         self.patches = patches
+        self.layers = layers  # CLS tokens of the last `layers` blocks; 1: the CLS alone
 
     def forward(
         self, images: list[torch.Tensor]
-    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """(cls, patch mean, grid, CLS of the last blocks ``[B, layers, D]``) of a batch."""
         import torch
 
         from featkit.precision import autocast
 
         batch = torch.stack(images).to(self.device, non_blocking=True)
+        stack = None
         with torch.inference_mode(), autocast(self.precision, self.device):
-            out = self.backbone(batch)
+            if self.layers > 1:
+                out, per_block = self.backbone.forward_layers(batch, self.layers)
+                stack = per_block.float().cpu().numpy()
+            else:
+                out = self.backbone(batch)
         cls = out.cls.float().cpu().numpy()
         if self.patches == "none":
-            return cls, None, None
+            return cls, None, None, stack
         grid = out.patches.float()
         mean = grid.mean(dim=(1, 2)).cpu().numpy()
         full = grid.half().cpu().numpy() if self.patches == "full" else None
-        return cls, mean, full
+        return cls, mean, full, stack
 
 
 def _write_shard(
@@ -211,6 +224,7 @@ def _write_shard(
     grid: np.ndarray | None,
     status: list[str],
     errors: list[str],
+    cls_layers: np.ndarray | None = None,
 ) -> None:
     from featkit.store import _str_dtype
 
@@ -225,6 +239,8 @@ def _write_shard(
             write_checked(h5, "patch_mean", mean)
         if grid is not None:
             write_checked(h5, "patches", grid)
+        if cls_layers is not None:
+            write_checked(h5, "cls_layers", cls_layers)
         write_checked(h5, "status", status, sdt)
         write_checked(h5, "error", errors, sdt)
 
@@ -264,6 +280,11 @@ def _run_shards(
                 if settings.patches == "full"
                 else None
             )
+            stack = (
+                np.full((n, runner.layers, dim), np.nan, dtype=np.float32)
+                if runner.layers > 1
+                else None
+            )
             status = [STATUS_OK] * n
             errors = [""] * n
             for lo in range(0, n, settings.batch_size):
@@ -277,8 +298,10 @@ def _run_shards(
                         images.append(tensor)
                         where.append(pos)
                 if images:
-                    c, m, g = runner.forward(images)
+                    c, m, g, per_block = runner.forward(images)
                     cls[where] = c
+                    if stack is not None and per_block is not None:
+                        stack[where] = per_block
                     if mean is not None and m is not None:
                         mean[where] = m
                     if grid is not None and g is not None:
@@ -290,7 +313,7 @@ def _run_shards(
                 done += hi - lo
                 elapsed = time.perf_counter() - started
                 task.advance(hi - lo, img_s=done / elapsed if elapsed > 0 else 0.0)
-            _write_shard(_shard_path(work_dir, k), plan, k, cls, mean, grid, status, errors)
+            _write_shard(_shard_path(work_dir, k), plan, k, cls, mean, grid, status, errors, stack)
     finally:
         decoded.close()
         task.close()

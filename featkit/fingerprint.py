@@ -23,6 +23,7 @@ BINDING_KEYS = (
     "precision",
     "patches",
     "pos_embed",
+    "layers",  # CLS tokens of the last n blocks stored (recorded only when n > 1)
 )
 # Keys recorded for provenance; a difference only logs a warning.
 INFO_KEYS = ("featkit_version", "torch", "timm")

@@ -5,6 +5,7 @@ Layout (``format_version`` 1)::
     /features/cls         [N, D]       float32
     /features/patch_mean  [N, D]       float32   (absent with --patches none or after import)
     /features/patches     [N, h, w, D] float16   (only with --patches full)
+    /features/cls_layers  [N, n, D]    float32   CLS of the last n blocks (only with --layers n>1)
     /images/path          [N] utf-8     relative path, rows sorted by it
     /images/label         [N] int64     index into label_names, -1 = unlabelled
     /images/split         [N] utf-8     "train" | "val" | "test" | ""
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 from featkit.atomic import fsync_dir as fsync_dir
 from featkit.store_import import import_features as import_features
 from featkit.store_write import FEATURE_KINDS as FEATURE_KINDS
+from featkit.store_write import FEATURE_KINDS_HELP, layer_kind
 from featkit.store_write import FORMAT_VERSION as FORMAT_VERSION
 from featkit.store_write import READ_BLOCK as READ_BLOCK
 from featkit.store_write import SPLITS as SPLITS
@@ -167,9 +169,11 @@ class Store:
         self._errors = _read_str(images["error"])
         self.num_rows: int = len(self._paths)
         feats = self._h5["features"]
-        kinds = [k for k in ("cls", "patch_mean", "patches") if k in feats]
+        kinds = [k for k in ("cls", "patch_mean", "patches", "cls_layers") if k in feats]
         self.feature_kinds: tuple[str, ...] = tuple(kinds)
         self.dim: int = int(feats["cls"].shape[1])
+        # CLS tokens of how many last blocks the store holds (1: only /features/cls).
+        self.layers: int = int(feats["cls_layers"].shape[1]) if "cls_layers" in feats else 1
         stats = [images[k] for k in ("size", "mtime_ns") if k in images]
         self._stats: tuple[np.ndarray, np.ndarray] | None = (
             (np.asarray(stats[0][:], np.int64), np.asarray(stats[1][:], np.int64))
@@ -310,17 +314,35 @@ class Store:
     def features(
         self, kind: str = "cls", split: str | None = None, *, include_failed: bool = False
     ) -> np.ndarray:
-        """float32 ``[n, D]`` (``[n, 2D]`` for ``"cls+patch_mean"``) of the selected rows."""
-        if kind not in FEATURE_KINDS:
-            raise FeatkitError(
-                f"feature kind: expected one of {', '.join(FEATURE_KINDS)}, got {kind!r}"
-            )
+        """float32 ``[n, D]`` (``[n, 2D]`` for ``"cls+patch_mean"``, ``[n, kD]`` for
+        ``"cls<k>"``, ``[n, (k+1)D]`` for ``"cls<k>+avgpool"``) of the selected rows."""
+        layer = layer_kind(kind)
+        if kind not in FEATURE_KINDS and layer is None:
+            raise FeatkitError(f"feature kind: expected one of {FEATURE_KINDS_HELP}, got {kind!r}")
         keep = self.mask(split, include_failed=include_failed)
+        if layer is not None:
+            return self._layer_features(*layer, keep)
         parts = kind.split("+")
         for part in parts:
             self._require(part)
         arrays = [self._read_rows(part, keep) for part in parts]
         return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=1)
+
+    def _layer_features(self, k: int, avgpool: bool, keep: np.ndarray) -> np.ndarray:
+        """CLS of the last ``k`` blocks, oldest first, then the patch mean if ``avgpool``."""
+        if k > self.layers:
+            raise FeatkitError(
+                f"store {self.path}: expected the CLS tokens of the last {k} blocks, but it "
+                f"holds {self.layers}; extract again with --layers {k} (and --overwrite, or "
+                "--name to keep both)"
+            )
+        # The last block's entry of cls_layers is /features/cls itself, so cls1 reads it.
+        stack = self._read_rows("cls_layers", keep)[:, -k:] if k > 1 else None
+        parts = [self._read_rows("cls", keep) if stack is None else stack.reshape(len(stack), -1)]
+        if avgpool:
+            self._require("patch_mean")
+            parts.append(self._read_rows("patch_mean", keep))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
     def labels(self, split: str | None = None, *, include_failed: bool = False) -> np.ndarray:
         """int64 ``[n]`` indices into :attr:`label_names` (-1 = unlabelled)."""

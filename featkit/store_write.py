@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,24 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 1
 FEATURE_KINDS = ("cls", "patch_mean", "cls+patch_mean")
+# The official linear-evaluation features (DINO v1 eval_linear.py, DINOv2 eval/linear.py):
+# "cls<k>" concatenates the normed CLS tokens of the last k blocks, oldest first;
+# "+avgpool" appends the mean of the last block's patch tokens (= patch_mean).
+LAYER_KIND = re.compile(r"cls([1-9][0-9]*)(\+avgpool)?")
+FEATURE_KINDS_HELP = "cls, patch_mean, cls+patch_mean, cls<k>, cls<k>+avgpool (k = 1, 2, ...)"
+
+
+def layer_kind(kind: str) -> tuple[int, bool] | None:
+    """(k, with avgpool) for a ``cls<k>[+avgpool]`` kind; None for any other name."""
+    found = LAYER_KIND.fullmatch(kind)
+    return (int(found.group(1)), bool(found.group(2))) if found else None
+
+
+def is_feature_kind(kind: str) -> bool:
+    """Whether ``kind`` names stored features (whether a store has them is its own check)."""
+    return kind in FEATURE_KINDS or layer_kind(kind) is not None
+
+
 SPLITS = ("train", "val", "test", "")
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -141,6 +160,7 @@ class StoreWriter:
         fingerprint: dict[str, Any],
         patch_mean: bool = True,
         grid: tuple[int, int] | None = None,
+        layers: int = 1,
     ) -> None:
         self.num_rows = num_rows
         h5.attrs["format_version"] = FORMAT_VERSION
@@ -157,6 +177,9 @@ class StoreWriter:
             shapes["patch_mean"] = ((dim,), "f4", (chunk_rows, dim))
         if grid is not None:
             shapes["patches"] = ((*grid, dim), "f2", (1, *grid, dim))
+        if layers > 1:  # CLS of the last `layers` blocks, oldest first (--layers)
+            rows = max(1, chunk_rows // layers)
+            shapes["cls_layers"] = ((layers, dim), "f4", (rows, layers, dim))
         self._datasets: dict[str, h5py.Dataset] = {}
         self._hashers: dict[str, Hasher] = {}
         for name, (shape, dtype, chunks) in shapes.items():
@@ -175,6 +198,8 @@ class StoreWriter:
         cls: np.ndarray,
         patch_mean: np.ndarray | None = None,
         patches: np.ndarray | None = None,
+        *,
+        cls_layers: np.ndarray | None = None,
     ) -> None:
         """Write rows ``start : start + len(cls)``; blocks come in order, without gaps.
 
@@ -184,9 +209,10 @@ class StoreWriter:
         if start != self._next:
             raise ValueError(f"rows must be written in order: expected start {self._next}")
         given = {"cls": cls, "patch_mean": patch_mean, "patches": patches}
+        given["cls_layers"] = cls_layers
         for name in self._datasets:
             if given[name] is None:
-                what = "patch_mean" if name == "patch_mean" else "a patch grid"
+                what = {"patches": "a patch grid"}.get(name, name)
                 raise ValueError(f"this store has {what}; pass it")
         stop = start + len(cls)
         for name, ds in self._datasets.items():

@@ -183,6 +183,51 @@ class Backbone(nn.Module):
         patches = tokens[:, self.num_prefix_tokens :].reshape(b, h, w, tokens.shape[-1])
         return BackboneOutput(cls=cls, patches=patches)
 
+    def depth(self) -> int:
+        """Number of transformer blocks; 0 for a backbone without blocks (pixels)."""
+        try:
+            return len(self.blocks)
+        except FeatkitError:
+            return 0
+
+    def forward_layers(self, images: Tensor, n: int) -> tuple[BackboneOutput, Tensor]:
+        """:meth:`forward` plus the CLS tokens of the last ``n`` blocks: ``[B, n, D]``.
+
+        Oldest block first, each through the final norm, as the official DINO v1 and
+        DINOv2 linear evaluations take them (``get_intermediate_layers`` normalises every
+        block it returns). Hooks read the blocks during the one ordinary forward, so the
+        family's own token layout and position-embedding rule stay in force.
+        """
+        depth = self.depth()
+        if not 1 <= n <= max(depth, 1):
+            raise FeatkitError(
+                f"layers: expected 1 to {max(depth, 1)} for {self.name} "
+                f"({depth} transformer blocks), got {n}"
+            )
+        if n == 1:
+            out = self.forward(images)
+            return out, out.cls[:, None]
+        seen: list[Tensor] = []
+
+        def keep(_module: nn.Module, _args: Any, output: Any) -> None:
+            # transformers blocks return tuples; the hidden states come first.
+            hidden = output[0] if isinstance(output, (tuple, list)) else output
+            seen.append(hidden[:, 0].clone())  # not a view that keeps the block output
+
+        handles = [block.register_forward_hook(keep) for block in self.blocks[-n:]]
+        try:
+            out = self.forward(images)
+        finally:
+            for handle in handles:
+                handle.remove()
+        if len(seen) != n:
+            raise RuntimeError(f"{self.name}: saw {len(seen)} of the last {n} blocks run")
+        # A layer norm acts on each token alone, so normalising the CLS rows is the same
+        # as normalising the whole sequence and taking row 0.
+        layers = self.final_norm(torch.stack(seen[:-1], dim=1)).to(out.cls.dtype)
+        # The last block's CLS is the forward's own, so cls<n> ends with exactly `cls`.
+        return out, torch.cat([layers, out.cls[:, None]], dim=1)
+
 
 # --------------------------------------------------------------------------- registry
 

@@ -65,6 +65,12 @@ def extract_command(
         "--patches",
         help="full: also store the float16 patch grid; mean: CLS + patch mean; none: CLS only.",
     ),
+    layers: int = typer.Option(
+        1,
+        "--layers",
+        help="Also store the CLS tokens of the last N blocks (the official linear-evaluation "
+        "features: probe --feature cls4, cls4+avgpool); 1: the last CLS only.",
+    ),
     precision: PrecisionChoice = typer.Option(
         PrecisionChoice.auto,
         "--precision",
@@ -132,6 +138,8 @@ def extract_command(
 
         featkit extract labels.csv --model timm:vit_small_patch16_224.dino --patches full
 
+        featkit extract data/flowers --model dinov2_vits14 --layers 4
+
         featkit extract data/flowers --model dinov2_vits14 --random-init
 
         featkit extract data/flowers --model dinov2_vits14 --adapter runs/lora/10-shot/episode-0
@@ -155,6 +163,8 @@ def extract_command(
     from featkit.tune import adapter_fingerprint, load_tuned_backbone
     from featkit.workspace import store_path
 
+    if layers < 1:
+        raise FeatkitError(f"--layers: expected a positive number of blocks, got {layers}")
     if random_init and weights is not None:
         raise FeatkitError("--random-init: expected no --weights with it, got both")
     # Under torchrun every copy of this command is one rank of the job; rank 0 talks.
@@ -179,6 +189,11 @@ def extract_command(
             pretrained=not random_init,
             transform=transform,
         )
+    if layers > max(1, backbone.depth()):
+        raise FeatkitError(
+            f"--layers: expected 1 to {max(1, backbone.depth())} for {model} "
+            f"({backbone.depth()} transformer blocks), got {layers}"
+        )
     if adapter is not None and tuned is not None:
         backbone = load_tuned_backbone(backbone, adapter)
         # The tuned weights are what the store's features depend on: fingerprint them.
@@ -194,6 +209,7 @@ def extract_command(
         model_name=store_model,
         overwrite=overwrite,
         retry_failed=retry_failed,
+        layers=layers,
     )
     processes = f" ({ctx.world} processes)" if ctx.is_distributed else ""
     if ctx.is_main:

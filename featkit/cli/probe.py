@@ -128,7 +128,11 @@ def probe(
         "knn,logistic,prototype,balanced,kmeans", "--protocols", help="Comma-separated protocols."
     ),
     feature: str = typer.Option(
-        "cls", "--feature", help="cls, patch_mean, cls+patch_mean; comma-separated for several."
+        "cls",
+        "--feature",
+        help="cls, patch_mean, cls+patch_mean, or cls<k> / cls<k>+avgpool (the official "
+        "linear-evaluation features, CLS of the last k blocks; extract with --layers k); "
+        "comma-separated for several.",
     ),
     knn_k: str = typer.Option("20", "--knn-k", help="knn: neighbours (list: 10,20)."),
     knn_t: str = typer.Option("0.07", "--knn-t", help="knn: temperature T of exp(sim/T) (list)."),
@@ -195,6 +199,7 @@ def probe(
     from featkit.evaluate import probe as run_probe
     from featkit.results import summarize_results
     from featkit.splits import parse_shots
+    from featkit.store_write import FEATURE_KINDS_HELP, is_feature_kind
     from featkit.workspace import find_stores, results_dir
 
     ws = resolve_workspace(workspace)
@@ -213,11 +218,10 @@ def probe(
     }
     specs = _specs(protocols, options)
     kinds = list(dict.fromkeys(_list(feature, "--feature", str)))
-    unknown = [k for k in kinds if k not in ("cls", "patch_mean", "cls+patch_mean")]
+    unknown = [k for k in kinds if not is_feature_kind(k)]
     if unknown or not kinds:
         raise FeatkitError(
-            "--feature: expected cls, patch_mean or cls+patch_mean, "
-            f"got {', '.join(unknown) or 'nothing'}"
+            f"--feature: expected {FEATURE_KINDS_HELP}, got {', '.join(unknown) or 'nothing'}"
         )
     shot_list = parse_shots(shots)
     settings = ProbeSettings(
