@@ -16,6 +16,7 @@ from featkit.atomic import atomic_path
 from featkit.report_table import BEST_RULE, INTERVAL_NOTE
 
 if TYPE_CHECKING:
+    from featkit.report_cost import CostTable
     from featkit.report_table import ComparisonTable
 
 _STYLE = """
@@ -70,9 +71,13 @@ def write_html(
     title: str = "featkit report",
     answer: str = "",
     data: Sequence[Sequence[str]] = (),
+    cost: CostTable | None = None,
 ) -> None:
     """Write the report page: the answer (when a target was given), the data summary,
-    the table (metric in percent, mean ± 95% CI), then the figures."""
+    the table (metric in percent, mean ± 95% CI), the cost of each route, then the
+    figures."""
+    from featkit.report_cost import COST_NOTE
+
     metric = html.escape(table.metric.replace("_", " "))
     parts = [
         "<!DOCTYPE html>",
@@ -92,6 +97,10 @@ def write_html(
         "used, <code>all</code> = the full training split).</p>",
         table_html(table),
         f"<p>{html.escape(INTERVAL_NOTE)}</p><p>{html.escape(BEST_RULE)}</p>",
+    ]
+    if cost is not None:
+        parts += ["<h2>Cost</h2>", cost.to_html(), f"<p>{html.escape(COST_NOTE)}</p>"]
+    parts += [
         "<h2>Plots</h2>",
         *(image_html(p, caption) for caption, p in figures),
         "</body></html>",
