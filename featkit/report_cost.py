@@ -119,15 +119,15 @@ class CostTable:
             self.frame.to_csv(tmp, index=False, float_format="%.6g")
 
     def to_html(self) -> str:
+        from featkit.report_html import text_cell
+
         shown = self.display()
         text = {"dataset", "model", "method"}
         head = "".join(f"<th>{html.escape(str(c))}</th>" for c in shown.columns)
         body = "".join(
             "<tr>"
             + "".join(
-                f"<td>{html.escape(str(v))}</td>"
-                if c in text
-                else f'<td class="num">{html.escape(str(v))}</td>'
+                text_cell(v, c) if c in text else f'<td class="num">{html.escape(str(v))}</td>'
                 for c, v in zip(shown.columns, record, strict=True)
             )
             + "</tr>"
