@@ -116,7 +116,7 @@ def test_extraction_cost_is_in_the_store_and_info_shows_it(
 
 
 def test_report_shows_the_cost_of_every_route(workspace: tuple[Path, float, int]) -> None:
-    root, _, n = workspace
+    root = workspace[0]
     ws = root / "ws"
     rows = read_results(ws)
     files = write_report(ws, root / "report")
