@@ -179,3 +179,19 @@ def test_finetune_records_training_seconds_and_peak_memory(tmp_path: Path) -> No
     assert all(0 < o.peak_mb <= rss_mb_now() + 1 for o in run.outcomes)
     rows = per_episode(read_results(tmp_path / "ws")).sort_values("episode")
     assert rows["seconds"].tolist() == pytest.approx(seconds, abs=1e-9)
+
+
+def test_on_a_gpu_the_peak_is_torchs_allocation(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No GPU in the default run: stand in for torch.cuda's counters to check which one
+    # measure() reads and that it starts a new peak first.
+    import torch
+
+    from featkit.cost import measure
+
+    calls: list[str] = []
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d: calls.append(f"reset {d}"))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda d: 3 * 2**20)
+    with measure("cuda:0") as cost:
+        calls.append("work")
+    assert calls == ["reset cuda:0", "work"]
+    assert cost.peak_mb == 3.0 and cost.seconds > 0
