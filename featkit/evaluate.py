@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from featkit.cost import measure
 from featkit.errors import FeatkitError
 from featkit.evaluate_checks import check_data, check_same_images, warn_small_test_classes
 from featkit.metrics import DEFAULT_BOOTSTRAP, clustering_metrics, match_clusters
@@ -301,13 +302,15 @@ def evaluate_arrays(
             y_test = y[draw.test]
             metrics: dict[str, float] | None = None
             scores, score_classes = None, None
-            if spec.supervised:
-                model = spec.create().fit(X[draw.train], y[draw.train])
-                predicted = model.predict(X[draw.test])
-                scores, score_classes = _scores(model, X[draw.test]), model.classes_.tolist()
-            else:
-                model = _label_free(spec, draw.episode, int(np.unique(y_test).size))
-                clusters = model.fit(X[draw.test]).predict(X[draw.test])
+            with measure() as cost:  # fit + predict only: the price of this route
+                if spec.supervised:
+                    model = spec.create().fit(X[draw.train], y[draw.train])
+                    predicted = model.predict(X[draw.test])
+                    scores, score_classes = _scores(model, X[draw.test]), model.classes_.tolist()
+                else:
+                    model = _label_free(spec, draw.episode, int(np.unique(y_test).size))
+                    clusters = model.fit(X[draw.test]).predict(X[draw.test])
+            if not spec.supervised:
                 metrics = clustering_metrics(y_test, clusters)
                 predicted = match_clusters(y_test, clusters)
             fitted = model.fitted_params_ if spec.supervised else {}
@@ -316,7 +319,12 @@ def evaluate_arrays(
                     "%s/%s %s: %s", data.dataset, data.model, spec.name, fitted["warning"]
                 )
             new_rows, new_per_class, new_confusion = episode_records(
-                {**job.base, "fitted": json.dumps(fitted, sort_keys=True) if fitted else ""},
+                {
+                    **job.base,
+                    "fitted": json.dumps(fitted, sort_keys=True) if fitted else "",
+                    "seconds": cost.seconds,
+                    "peak_mb": round(cost.peak_mb, 1),
+                },
                 y[draw.train],
                 y_test,
                 predicted,

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from featkit.cost import extraction_cost, reset_peak, store_cost
 from featkit.errors import FeatkitError, FingerprintMismatchError
 
 # Names that lived in this module before the shard and merge phases moved out of it.
@@ -344,6 +345,7 @@ def extract(
             mine = range(coordinator.rank, plan.num_shards, coordinator.world)
             todo = [k for k in mine if not _shard_done(_shard_path(work_dir, k), plan, k)]
             if todo:
+                reset_peak(device)
                 backbone.to(device).eval()
                 runner = _Runner(backbone, device, precision, settings.patches, settings.layers)
                 extracted, seconds = _run_shards(
@@ -360,6 +362,11 @@ def extract(
         # 3. Rank 0 merges.
         if main and plan is not None and not up_to_date:
             model_name = settings.model_name or backbone.name
+            cost = (  # this pass's share; a pass that ran nothing keeps the old record
+                extraction_cost(extracted, seconds, device, precision, settings.batch_size)
+                if extracted
+                else store_cost(previous)
+            )
             _merge(
                 out_path,
                 dataset,
@@ -372,6 +379,7 @@ def extract(
                 settings.patches,
                 progress,
                 stats,
+                cost=cost,
             )
             if work_dir.exists():
                 shutil.rmtree(work_dir)

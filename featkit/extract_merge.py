@@ -8,6 +8,7 @@ damaged rows are never copied under a fresh checksum.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,6 +184,7 @@ def _merge(
     patches: str,
     progress: Progress,
     stats: dict[str, Stat] | None = None,
+    cost: dict[str, Any] | None = None,
 ) -> None:
     """Stream the previous store's rows and the shards into a new store, in path order."""
     records = sorted(dataset.records, key=lambda r: r.path)
@@ -232,6 +234,8 @@ def _merge(
         # Where the paths are relative to (for a manifest with --allow-outside-root, the
         # resolved folder above every file): a record, not a key.
         h5.attrs["data_root"] = str(dataset.root)
+        if cost is not None:  # time and memory of the pass (featkit.cost)
+            h5.attrs["cost"] = json.dumps(cost, sort_keys=True)
         for start in range(0, len(records), block):
             n = min(len(records), start + block) - start
             out = {name: np.empty((n, *shape), dtype=dt) for name, (shape, dt) in shapes.items()}

@@ -23,6 +23,7 @@ from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 from featkit.backbones import Backbone
+from featkit.cost import measure
 from featkit.errors import FeatkitError
 from featkit.progress import SILENT, Progress
 from featkit.splits import DEFAULT_EPISODES as PROBE_EPISODES
@@ -159,10 +160,11 @@ class EpisodeOutcome:
     y_pred: np.ndarray  # [n_test]
     scores: np.ndarray  # [n_test, C] softmax probabilities
     losses: list[float]
-    seconds: float
+    seconds: float  # wall time of the tune: head probe, training, test predictions
     trainable: int
     total: int
     adapter: Path | None = None
+    peak_mb: float = 0.0  # peak memory of the tune (featkit.cost.measure)
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -329,21 +331,22 @@ def _run_draw(
     test_fraction: float = DEFAULT_TEST_FRACTION,
 ) -> EpisodeOutcome:
     shots = str(draw.shots)
-    classifier, log, scores = tune_episode(
-        base,
-        images,
-        labels,
-        draw.train,
-        draw.test,
-        settings,
-        num_classes=num_classes,
-        seed=episode_seed(seed, shots, draw.episode),
-        device=device,
-        precision=precision,
-        features=features,
-        progress=progress,
-        description=f"{settings.method} {shots}-shot ep {draw.episode}",
-    )
+    with measure(device) as cost:
+        classifier, log, scores = tune_episode(
+            base,
+            images,
+            labels,
+            draw.train,
+            draw.test,
+            settings,
+            num_classes=num_classes,
+            seed=episode_seed(seed, shots, draw.episode),
+            device=device,
+            precision=precision,
+            features=features,
+            progress=progress,
+            description=f"{settings.method} {shots}-shot ep {draw.episode}",
+        )
     trainable = sum(p.numel() for p in classifier.parameters() if p.requires_grad)
     total = count_parameters(classifier)[1]
     adapter = None
@@ -383,7 +386,8 @@ def _run_draw(
         y_pred=scores.argmax(1),
         scores=scores,
         losses=log.losses,
-        seconds=log.seconds,
+        seconds=cost.seconds,
+        peak_mb=cost.peak_mb,
         trainable=trainable,
         total=total,
         adapter=adapter,
@@ -473,6 +477,8 @@ def write_results(
             run_id=rid,
             store=str(rows.store) if rows.store else "",
             data_id=data_key,
+            seconds=out.seconds,
+            peak_mb=round(out.peak_mb, 1),
         )
         records = episode_records(
             base,

@@ -116,7 +116,8 @@ def episode_records(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """Result rows (one per metric), per-class recall rows and non-zero confusion cells.
 
-    ``base`` holds every result column but ``metric``/``value``/``test_se``/``correct``.
+    ``base`` holds every result column but ``metric``/``value``/``test_se``/``correct``;
+    the cost columns (``seconds``, ``peak_mb``) are optional and repeat on every metric row.
     ``metrics`` defaults to :func:`classification_metrics` of the predictions (clustering
     passes its own). Per-class rows cover the classes with training or test images.
     """

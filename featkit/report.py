@@ -27,6 +27,7 @@ from featkit.atomic import atomic_path
 from featkit.datasummary import DataSummary, summarize_data
 from featkit.errors import FeatkitError
 from featkit.progress import SILENT, Progress
+from featkit.report_cost import CostTable, cell_costs, cost_table, extraction_costs
 from featkit.report_table import (  # re-exported: the report's public names
     ComparisonTable,
     comparison_table,
@@ -134,6 +135,7 @@ class ReportFiles:
     table: ComparisonTable
     data: list[DataSummary]
     answer: Answer | None = None
+    cost: CostTable | None = None  # seconds and memory per route (None: none recorded)
 
 
 def ranked_configurations(summary: pd.DataFrame, dataset: str, shots: str) -> pd.DataFrame:
@@ -183,6 +185,10 @@ def write_report(
     table = comparison_table(summary, metric, None if results.from_summary else results.results)
     chosen = _choose_shots(summary, shots)
     stores = _stores(workspace, results.results)
+    cost = None
+    if not results.from_summary:
+        table.cells[["seconds", "peak_mb"]] = cell_costs(results.results, table.cells)
+        cost = cost_table(results.results, table, extraction_costs(stores))
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(".*.tmp"):  # left by a report killed mid-write
         with contextlib.suppress(OSError):
@@ -192,6 +198,9 @@ def write_report(
     tables = [folder / "comparison.csv", folder / "comparison.md", folder / "comparison.tex"]
     table.to_csv(tables[0])
     texts = [(tables[1], table.to_markdown()), (tables[2], table.to_latex())]
+    if cost is not None:
+        tables.append(folder / "cost.csv")
+        cost.to_csv(tables[-1])
     data = _data_summaries(stores, results.results)
     if data:
         tables.append(folder / "data_summary.csv")
@@ -289,8 +298,10 @@ def write_report(
         title=f"featkit report: {workspace}",
         answer=answered.paragraph if answered is not None else "",
         data=[d.lines() for d in data],
+        cost=cost,
     )
-    return ReportFiles(folder, tables, [p for _, p in figures], html, table, data, answered)
+    figures_written = [p for _, p in figures]
+    return ReportFiles(folder, tables, figures_written, html, table, data, answered, cost)
 
 
 def _data_summaries(stores: list[Path], results: pd.DataFrame) -> list[DataSummary]:

@@ -154,6 +154,7 @@ class ComparisonTable:
                 "text": "cell",
             }
         )
+        columns += [c for c in ("seconds", "peak_mb") if c in frame.columns]  # see report_cost
         frame = frame.assign(metric=self.metric)[columns]
         with atomic_path(path) as tmp:
             frame.to_csv(tmp, index=False, float_format="%.4f")

@@ -72,6 +72,10 @@ RESULT_COLUMNS = (
     "data_id",
     "correct",
     "fitted",
+    # What the episode cost (featkit.cost): wall seconds of fit + predict (a probe) or of
+    # the whole tune (a fine-tune), and peak memory in MiB. Older files lack them.
+    "seconds",
+    "peak_mb",
 )
 # One experimental configuration; its episodes are summarised together.
 CONFIG_COLUMNS = ("dataset", "model", "feature", "protocol", "params", "shots")

@@ -156,7 +156,8 @@ def _contents(path: Path) -> dict[str, object]:
                 found.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None
             )
         )
-        found.update({f"@{key}": value for key, value in h5.attrs.items()})
+        # The pass's seconds and memory (the "cost" attribute) differ from run to run.
+        found.update({f"@{k}": v for k, v in h5.attrs.items() if k != "cost"})
     return found
 
 

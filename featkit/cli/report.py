@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from featkit.report import ComparisonTable
+    from featkit.report_cost import CostTable
 
 ORDER = 40
 
@@ -93,6 +94,8 @@ def report(
         for line in summary.lines():
             out.print(line, highlight=False)
     out.print(_rich_table(files.table))
+    if files.cost is not None:
+        out.print(_cost_table(files.cost))
     if files.answer is not None:
         out.print(f"\n{files.answer.paragraph}\n", highlight=False)
     for path in [*files.tables, *files.plots, files.html]:
@@ -122,6 +125,22 @@ def _rich_table(table: ComparisonTable) -> Table:
             for column, value in zip(wide.columns, record, strict=True)
         ]
         shown.add_row(*cells)
+    return shown
+
+
+def _cost_table(cost: CostTable) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
+    from featkit.report_cost import COST_NOTE
+
+    shown = Table(title="Cost per route (wall seconds, peak memory)", caption=COST_NOTE)
+    frame = cost.display()
+    for column in frame.columns:
+        left = column in ("dataset", "model", "method")
+        shown.add_column(str(column), justify="left" if left else "right")
+    for record in frame.itertuples(index=False):
+        shown.add_row(*(Text(str(v)) for v in record))
     return shown
 
 
