@@ -85,26 +85,98 @@ class Command:
 
 
 COMMANDS = [
-    Command("extract pixels", ["extract", "{data}", "--model", "pixels", *EXTRACT, "-w", "{ws}"],
-            ("digits/pixels.h5", "digits/.pixels.h5"), "ws_sub"),
-    Command("extract tiny-dino",
-            ["extract", "{data}", "--model", "featkit-tiny-dino", *EXTRACT, "-w", "{ws}"],
-            ("digits/featkit-tiny-dino.h5", "digits/.featkit-tiny-dino.h5"), "ws_sub"),
-    Command("import", ["import", "{base}/exp_full/features.npy", "--labels",
-                       "{base}/exp_full/metadata.csv", "--name", "imp", "--dataset", "digits",
-                       "--overwrite", "-w", "{ws}"], ("digits/imp.h5", "digits/.imp.h5")),
-    Command("probe", ["probe", "{ws}/digits/pixels.h5", "--shots", "1,all", "--episodes", "2",
-                      "--protocols", "knn,prototype,logistic", "--seed", "0", "-w", "{ws}"],
-            ("results",)),
-    Command("finetune linear", ["finetune", "{data}", *TUNE, "--method", "linear", "--shots",
-                                "1,all", "--episodes", "2", "--seed", "0", "-w", "{ws}"],
-            ("results", "finetune")),
-    Command("finetune lora", ["finetune", "{data}", *TUNE, "--method", "lora", "--shots", "1",
-                              "--episodes", "1", "--seed", "0", "-w", "{ws}"],
-            ("results", "finetune")),
+    Command(
+        "extract pixels",
+        ["extract", "{data}", "--model", "pixels", *EXTRACT, "-w", "{ws}"],
+        ("digits/pixels.h5", "digits/.pixels.h5"),
+        "ws_sub",
+    ),
+    Command(
+        "extract tiny-dino",
+        ["extract", "{data}", "--model", "featkit-tiny-dino", *EXTRACT, "-w", "{ws}"],
+        ("digits/featkit-tiny-dino.h5", "digits/.featkit-tiny-dino.h5"),
+        "ws_sub",
+    ),
+    Command(
+        "import",
+        [
+            "import",
+            "{base}/exp_full/features.npy",
+            "--labels",
+            "{base}/exp_full/metadata.csv",
+            "--name",
+            "imp",
+            "--dataset",
+            "digits",
+            "--overwrite",
+            "-w",
+            "{ws}",
+        ],
+        ("digits/imp.h5", "digits/.imp.h5"),
+    ),
+    Command(
+        "probe",
+        [
+            "probe",
+            "{ws}/digits/pixels.h5",
+            "--shots",
+            "1,all",
+            "--episodes",
+            "2",
+            "--protocols",
+            "knn,prototype,logistic",
+            "--seed",
+            "0",
+            "-w",
+            "{ws}",
+        ],
+        ("results",),
+    ),
+    Command(
+        "finetune linear",
+        [
+            "finetune",
+            "{data}",
+            *TUNE,
+            "--method",
+            "linear",
+            "--shots",
+            "1,all",
+            "--episodes",
+            "2",
+            "--seed",
+            "0",
+            "-w",
+            "{ws}",
+        ],
+        ("results", "finetune"),
+    ),
+    Command(
+        "finetune lora",
+        [
+            "finetune",
+            "{data}",
+            *TUNE,
+            "--method",
+            "lora",
+            "--shots",
+            "1",
+            "--episodes",
+            "1",
+            "--seed",
+            "0",
+            "-w",
+            "{ws}",
+        ],
+        ("results", "finetune"),
+    ),
     Command("report", ["report", "{ws}"], ("report",)),
-    Command("pretrain", ["pretrain", "{data}", *PRETRAIN, "--seed", "0", "-w", "{ws}"],
-            ("pretrain/digits",), resume=("--resume",)),
+    Command(
+        "pretrain",
+        ["pretrain", "{data}", *PRETRAIN, "--seed", "0", "-w", "{ws}"],
+        ("pretrain/digits",),
+        resume=("--resume",),
+    ),
     Command("export", ["export", "{ws}/digits/pixels.h5", "--out", "{ws}/exp"], ("exp",)),
 ]
 
@@ -125,8 +197,20 @@ def build_base(base: Path, per_class: int) -> None:
     for model in ("pixels", "featkit-tiny-dino"):
         _ok(featkit("extract", data, "--model", model, *EXTRACT, "-w", ws))
     _ok(featkit("export", ws / "digits/pixels.h5", "--out", ws / "exp"))  # the older export
-    _ok(featkit("import", ws / "exp/features.npy", "--labels", ws / "exp/metadata.csv",
-                "--name", "imp", "--dataset", "digits", "-w", ws))
+    _ok(
+        featkit(
+            "import",
+            ws / "exp/features.npy",
+            "--labels",
+            ws / "exp/metadata.csv",
+            "--name",
+            "imp",
+            "--dataset",
+            "digits",
+            "-w",
+            ws,
+        )
+    )
     shutil.copytree(ws, base / "ws_sub")
     for path in moved:
         shutil.move(aside / path.name, data / "9" / path.name)
@@ -135,13 +219,53 @@ def build_base(base: Path, per_class: int) -> None:
         _ok(featkit("extract", data, "--model", model, *EXTRACT, "-w", ws))
     _ok(featkit("export", ws / "digits/pixels.h5", "--out", base / "exp_full"))
     # Another run's results, adapters and pretraining (seed 1): never to be lost.
-    _ok(featkit("probe", ws / "digits/featkit-tiny-dino.h5", "--shots", "1,all", "--episodes",
-                "2", "--protocols", "knn,prototype", "--seed", "1", "-w", ws))
+    _ok(
+        featkit(
+            "probe",
+            ws / "digits/featkit-tiny-dino.h5",
+            "--shots",
+            "1,all",
+            "--episodes",
+            "2",
+            "--protocols",
+            "knn,prototype",
+            "--seed",
+            "1",
+            "-w",
+            ws,
+        )
+    )
     _ok(featkit("report", ws))  # older than the fine-tune rows below
-    _ok(featkit("finetune", data, *TUNE, "--method", "linear", "--shots", "5", "--episodes",
-                "1", "--seed", "1", "-w", ws))
-    _ok(featkit("pretrain", data, *PRETRAIN, "--seed", "1", "-w", ws,
-                "--out", ws / "pretrain/seed1/tiny.safetensors"))
+    _ok(
+        featkit(
+            "finetune",
+            data,
+            *TUNE,
+            "--method",
+            "linear",
+            "--shots",
+            "5",
+            "--episodes",
+            "1",
+            "--seed",
+            "1",
+            "-w",
+            ws,
+        )
+    )
+    _ok(
+        featkit(
+            "pretrain",
+            data,
+            *PRETRAIN,
+            "--seed",
+            "1",
+            "-w",
+            ws,
+            "--out",
+            ws / "pretrain/seed1/tiny.safetensors",
+        )
+    )
 
 
 # ---------------------------------------------------------------- what a reader sees
@@ -210,7 +334,7 @@ def check_readable(ws: Path, kept_run_ids: set[str]) -> list[str]:
                 meta_rows = len(pd.read_csv(path.with_name("metadata.csv")))
                 if rows != meta_rows:
                     problems.append(f"{rel}: {rows} rows beside {meta_rows} metadata rows")
-        except Exception as err:  # noqa: BLE001 - every failure to read is the finding
+        except Exception as err:  # every failure to read is the finding
             problems.append(f"{rel}: {type(err).__name__}: {str(err)[:160]}")
     if (ws / "results").is_dir():
         try:
@@ -223,7 +347,7 @@ def check_readable(ws: Path, kept_run_ids: set[str]) -> list[str]:
                     problems.append(f"results: {reader.__name__} has runs {extra} not in results")
             if not kept_run_ids <= runs:
                 problems.append(f"results: earlier runs lost: {kept_run_ids - runs}")
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:  # likewise
             problems.append(f"results: {type(err).__name__}: {str(err)[:160]}")
     return problems
 
@@ -248,8 +372,10 @@ def outcome(ws: Path, command: Command) -> dict[str, object]:
             if path.suffix == ".h5":
                 with open_store(path) as store:
                     value: object = {
-                        **{k: store.raw_rows(k, 0, store.num_rows).tobytes()
-                           for k in store.feature_kinds},
+                        **{
+                            k: store.raw_rows(k, 0, store.num_rows).tobytes()
+                            for k in store.feature_kinds
+                        },
                         "paths": store.paths(include_failed=True),
                         "status": list(store.status()),
                         "labels": np.asarray(store.labels(include_failed=True)).tobytes(),
@@ -285,8 +411,10 @@ def _foreign(ws: Path, command: Command) -> dict[str, str]:
         rel = path.relative_to(ws)
         if not path.is_file() or _is_temp(path) or path.name.endswith(".lock"):
             continue
-        if any(str(rel) == o or str(rel).startswith(o + "/") or str(rel).startswith(o + ".")
-               for o in command.owns):
+        if any(
+            str(rel) == o or str(rel).startswith(o + "/") or str(rel).startswith(o + ".")
+            for o in command.owns
+        ):
             continue
         out[str(rel)] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out
@@ -316,8 +444,14 @@ def _fill(args: list[str], ws: Path, base: Path) -> list[str]:
     return [a.format(ws=ws, data=base / "digits", base=base) for a in args]
 
 
-def soak(command: Command, base: Path, scratch: Path, kills: int, rng: np.random.Generator,
-         log: Callable[[str], None] = print) -> Row:
+def soak(
+    command: Command,
+    base: Path,
+    scratch: Path,
+    kills: int,
+    rng: np.random.Generator,
+    log: Callable[[str], None] = print,
+) -> Row:
     row = Row(command.name)
     ref_ws = scratch / "ref"
     shutil.rmtree(ref_ws, ignore_errors=True)
@@ -338,8 +472,14 @@ def soak(command: Command, base: Path, scratch: Path, kills: int, rng: np.random
         before = _foreign(ws, command)
         delay = float(rng.uniform(0, duration))
         cmd = [sys.executable, "-m", "featkit", *_fill(command.args, ws, base)]
-        proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             proc.wait(timeout=delay)
         except subprocess.TimeoutExpired:
@@ -362,17 +502,20 @@ def soak(command: Command, base: Path, scratch: Path, kills: int, rng: np.random
                     found.append(f"{key} differs from the uninterrupted run")
             found += [f"temporary file left: {t}" for t in _temporaries(ws)]
             after = _foreign(ws, command)
-            found += [f"earlier file changed or lost: {p}" for p in before
-                      if after.get(p) != before[p]]
+            found += [
+                f"earlier file changed or lost: {p}" for p in before if after.get(p) != before[p]
+            ]
             lost = kept_ids - _run_ids(ws)
             if lost:
                 found.append(f"earlier result runs lost: {sorted(lost)}")
         row.survived += not found
         row.failures += [f"kill {k} at {delay:.2f} s, after the rerun: {f}" for f in found]
-        for failure in row.failures[len(row.failures) - len(found) - len(problems):]:
+        for failure in row.failures[len(row.failures) - len(found) - len(problems) :]:
             log(f"    {failure}")
-        log(f"  kill {k}: at {delay:.2f} s ({'killed' if proc.returncode < 0 else 'finished'}),"
-            f" readable={not problems}, identical={not found}")
+        log(
+            f"  kill {k}: at {delay:.2f} s ({'killed' if proc.returncode < 0 else 'finished'}),"
+            f" readable={not problems}, identical={not found}"
+        )
         if not (found or problems):  # a failing workspace stays for --keep
             shutil.rmtree(ws, ignore_errors=True)
         else:
@@ -381,10 +524,16 @@ def soak(command: Command, base: Path, scratch: Path, kills: int, rng: np.random
 
 
 def table(rows: list[Row]) -> str:
-    lines = ["| command | kills tried | killed mid-run | survived (identical after rerun) "
-             "| previous output readable |", "|---|---|---|---|---|"]
-    lines += [f"| {r.command} | {r.tried} | {r.killed} | {r.survived}/{r.tried} "
-              f"| {r.readable}/{r.tried} |" for r in rows]
+    lines = [
+        "| command | kills tried | killed mid-run | survived (identical after rerun) "
+        "| previous output readable |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r.command} | {r.tried} | {r.killed} | {r.survived}/{r.tried} "
+        f"| {r.readable}/{r.tried} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -393,13 +542,18 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--kills", type=int, default=5, help="kills per command")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     parser.add_argument("--per-class", type=int, default=12, help="digits per class")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the scratch folder (failing workspaces as failed-*)")
-    parser.add_argument("--commands", default="",
-                        help="comma-separated subset (names as in the table, e.g. probe,report)")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the scratch folder (failing workspaces as failed-*)",
+    )
+    parser.add_argument(
+        "--commands",
+        default="",
+        help="comma-separated subset (names as in the table, e.g. probe,report)",
+    )
     args = parser.parse_args(argv)
-    chosen = [c for c in COMMANDS
-              if not args.commands or c.name in args.commands.split(",")]
+    chosen = [c for c in COMMANDS if not args.commands or c.name in args.commands.split(",")]
     unknown = set(filter(None, args.commands.split(","))) - {c.name for c in COMMANDS}
     if unknown:
         parser.error(f"unknown commands {sorted(unknown)}; known: {[c.name for c in COMMANDS]}")
