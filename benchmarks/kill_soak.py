@@ -420,6 +420,18 @@ def _foreign(ws: Path, command: Command) -> dict[str, str]:
     return out
 
 
+def _owned(ws: Path, command: Command) -> dict[str, str]:
+    """SHA-256 of every file the command owns, temporaries and hidden files included."""
+    out = {}
+    for path in sorted(ws.rglob("*")):
+        rel = str(path.relative_to(ws))
+        if path.is_file() and any(
+            rel == o or rel.startswith((o + "/", o + ".")) for o in command.owns
+        ):
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
 def _run_ids(ws: Path) -> set[str]:
     import pandas as pd
 
@@ -435,6 +447,7 @@ class Row:
     command: str
     tried: int = 0
     killed: int = 0  # the process was still running when SIGKILL came
+    traces: int = 0  # killed after it had begun writing (a file it owns new or changed)
     survived: int = 0
     readable: int = 0
     failures: list[str] = field(default_factory=list)
@@ -470,6 +483,7 @@ def soak(
         shutil.rmtree(ws, ignore_errors=True)
         shutil.copytree(base / command.start, ws)
         before = _foreign(ws, command)
+        owned_before = _owned(ws, command)
         delay = float(rng.uniform(0, duration))
         cmd = [sys.executable, "-m", "featkit", *_fill(command.args, ws, base)]
         proc = subprocess.Popen(
@@ -487,6 +501,7 @@ def soak(
             proc.wait()
             row.killed += 1
         row.tried += 1
+        row.traces += proc.returncode < 0 and _owned(ws, command) != owned_before
         problems = check_readable(ws, kept_ids)
         row.readable += not problems
         for problem in problems:
@@ -525,12 +540,12 @@ def soak(
 
 def table(rows: list[Row]) -> str:
     lines = [
-        "| command | kills tried | killed mid-run | survived (identical after rerun) "
-        "| previous output readable |",
-        "|---|---|---|---|---|",
+        "| command | kills tried | killed mid-run | of which mid-write "
+        "| survived (identical after rerun) | previous output readable |",
+        "|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r.command} | {r.tried} | {r.killed} | {r.survived}/{r.tried} "
+        f"| {r.command} | {r.tried} | {r.killed} | {r.traces} | {r.survived}/{r.tried} "
         f"| {r.readable}/{r.tried} |"
         for r in rows
     ]
