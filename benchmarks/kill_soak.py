@@ -457,6 +457,38 @@ def _fill(args: list[str], ws: Path, base: Path) -> list[str]:
     return [a.format(ws=ws, data=base / "digits", base=base) for a in args]
 
 
+def _signature(ws: Path, command: Command) -> list[tuple[str, int, int]]:
+    """Name, size and mtime of every file the command owns (cheap enough to poll)."""
+    out = []
+    for owned in command.owns:
+        root = ws / owned
+        for path in [root, *root.parent.glob(root.name + ".*"), *root.rglob("*")]:
+            if path.is_file():
+                stat = path.stat()
+                out.append((str(path), stat.st_size, stat.st_mtime_ns))
+    return sorted(set(out))
+
+
+def _timed_reference(command: Command, ws: Path, base: Path) -> tuple[float, float]:
+    """Run the command to the end; its duration and when it first changed a file it owns."""
+    initial = _signature(ws, command)
+    cmd = [sys.executable, "-m", "featkit", *_fill(command.args, ws, base)]
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    first_write = None
+    while proc.poll() is None:
+        if first_write is None and _signature(ws, command) != initial:
+            first_write = time.monotonic() - started
+        time.sleep(0.005)
+    duration = time.monotonic() - started
+    stderr = proc.stderr.read() if proc.stderr else ""
+    if proc.returncode != 0:
+        raise RuntimeError(f"{command.name}: the reference run failed:\n{stderr[-2000:]}")
+    return duration, duration if first_write is None else first_write
+
+
 def soak(
     command: Command,
     base: Path,
@@ -464,27 +496,33 @@ def soak(
     kills: int,
     rng: np.random.Generator,
     log: Callable[[str], None] = print,
+    *,
+    write_phase: bool = False,
 ) -> Row:
     row = Row(command.name)
     ref_ws = scratch / "ref"
     shutil.rmtree(ref_ws, ignore_errors=True)
     shutil.copytree(base / command.start, ref_ws)
     base_ids = _run_ids(ref_ws)
-    started = time.monotonic()
-    _ok(featkit(*_fill(command.args, ref_ws, base)))
-    duration = time.monotonic() - started
+    duration, first_write = _timed_reference(command, ref_ws, base)
     truth = outcome(ref_ws, command)
     # Earlier runs that an uninterrupted run keeps (a probe replaces the rows of its own
     # configuration, whatever their seed; every other run must survive).
     kept_ids = base_ids & _run_ids(ref_ws)
-    log(f"{command.name}: reference run {duration:.1f} s, {len(truth)} outputs")
+    log(
+        f"{command.name}: reference run {duration:.2f} s, first write at {first_write:.2f} s, "
+        f"{len(truth)} outputs"
+    )
+    # Uniform over the whole run, or (--write-phase) over the part after its first write,
+    # where most of the whole run is interpreter start-up and computing.
+    low = first_write if write_phase else 0.0
     for k in range(kills):
         ws = scratch / f"kill{k}"
         shutil.rmtree(ws, ignore_errors=True)
         shutil.copytree(base / command.start, ws)
         before = _foreign(ws, command)
         owned_before = _owned(ws, command)
-        delay = float(rng.uniform(0, duration))
+        delay = float(rng.uniform(low, duration))
         cmd = [sys.executable, "-m", "featkit", *_fill(command.args, ws, base)]
         proc = subprocess.Popen(
             cmd,
@@ -576,7 +614,10 @@ def main(argv: list[str] | None = None) -> list[Row]:
     rng = np.random.default_rng(args.seed)
     try:
         build_base(scratch / "base", args.per_class)
-        rows = [soak(c, scratch / "base", scratch, args.kills, rng) for c in chosen]
+        rows = [
+            soak(c, scratch / "base", scratch, args.kills, rng, write_phase=args.write_phase)
+            for c in chosen
+        ]
     finally:
         if args.keep:
             print(f"scratch kept: {scratch}")
