@@ -596,6 +596,11 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     parser.add_argument("--per-class", type=int, default=12, help="digits per class")
     parser.add_argument(
+        "--write-phase",
+        action="store_true",
+        help="draw the kill moments after the reference run's first write, not from 0",
+    )
+    parser.add_argument(
         "--keep",
         action="store_true",
         help="keep the scratch folder (failing workspaces as failed-*)",
