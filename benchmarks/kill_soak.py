@@ -36,6 +36,16 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+# Cost columns (featkit.cost) hold wall times and peak memory: never equal across runs.
+TIMING_COLUMNS = (
+    "seconds",
+    "peak_mb",
+    "extract_s_per_image",
+    "seconds_per_episode",
+    "seconds_max",
+)
+# Report tables that carry those columns; compared without them.
+TIMED_CSVS = ("comparison.csv", "cost.csv")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"IEND\xaeB`\x82"
 RESULT_FILES = ("results.csv", "summary.csv", "per_class.csv", "confusion.csv")
@@ -381,9 +391,11 @@ def outcome(ws: Path, command: Command) -> dict[str, object]:
                         "labels": np.asarray(store.labels(include_failed=True)).tobytes(),
                         "splits": store.splits(include_failed=True),
                     }
-            elif path.suffix == ".csv" and owned == "results":
+            elif path.suffix == ".csv" and (owned == "results" or path.name in TIMED_CSVS):
                 # The store column names the workspace: compare it relative to that.
                 frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+                # What a step cost (wall seconds, peak memory) differs between any two runs.
+                frame = frame.drop(columns=[c for c in TIMING_COLUMNS if c in frame.columns])
                 frame = frame.replace(str(ws), "<ws>", regex=False)
                 frame = frame.apply(lambda col: col.str.replace(str(ws), "<ws>", regex=False))
                 value = sorted(map(tuple, frame.to_numpy().tolist()))
