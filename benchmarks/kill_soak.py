@@ -549,7 +549,8 @@ def soak(
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)  # its own session: the CLI and any child
             proc.wait()
-            row.killed += 1
+        # By the exit status: a run may end on its own just before the signal.
+        row.killed += proc.returncode < 0
         row.tried += 1
         row.traces += proc.returncode < 0 and _owned(ws, command) != owned_before
         problems = check_readable(ws, kept_ids)
