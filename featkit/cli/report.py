@@ -90,14 +90,15 @@ def report(
             target=fraction,
             progress=progress,
         )
+    # The answer first, then what the data holds, then the numbers behind both.
+    if files.answer is not None:
+        out.print(f"{files.answer.paragraph}\n", highlight=False)
     for summary in files.data:
         for line in summary.lines():
             out.print(line, highlight=False)
     out.print(_rich_table(files.table))
     if files.cost is not None:
         out.print(_cost_table(files.cost))
-    if files.answer is not None:
-        out.print(f"\n{files.answer.paragraph}\n", highlight=False)
     for path in [*files.tables, *files.plots, files.html]:
         console.print(f"wrote {path}", highlight=False)
 
