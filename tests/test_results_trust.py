@@ -121,7 +121,9 @@ def test_bootstrap_matches_resampling_image_indices_and_is_fast() -> None:
     big_y = np.repeat(np.arange(100), 100)  # 10,000 test images, 100 classes
     start = time.perf_counter()
     bootstrap_se(big_y, np.roll(big_y, 7), n_boot=1000, seed=0)
-    assert time.perf_counter() - start < 0.5
+    # Milliseconds here; the bound is loose so a slow CI machine passes, while a
+    # per-draw Python loop over 10,000 images (minutes) would not.
+    assert time.perf_counter() - start < 10
 
 
 def test_bootstrap_interval_covers_the_true_accuracy() -> None:
@@ -252,7 +254,7 @@ def test_an_unchanged_rerun_returns_the_stored_rows(
     monkeypatch.setattr("featkit.evaluate.evaluate_arrays", must_not_run)
     start = time.perf_counter()
     again = probe([store], settings, workspace=tmp_path)
-    assert time.perf_counter() - start < 1.5
+    assert time.perf_counter() - start < 15  # ~0.3 s here; loose for slow machines
     key = ["run_id", "metric"]
     pd.testing.assert_frame_equal(
         again.results.sort_values(key)[["run_id", "metric", "value"]].reset_index(drop=True),
