@@ -28,13 +28,13 @@ import numpy as np
 import pandas as pd
 
 from featkit.errors import FeatkitError
+from featkit.metrics import Z95
+from featkit.results import FINETUNE_PREFIX
 from featkit.splits import shots_sort_key
 
-FINETUNE_PREFIX = "finetune"
 # Far beyond the measured shots a power law says little; the answer refuses to guess there.
 MAX_EXTRAPOLATION = 10.0
 BOOTSTRAP_DRAWS = 500
-Z95 = 1.959963984540054
 
 REACHES = "reaches"
 MAY_REACH = "may reach"

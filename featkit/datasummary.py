@@ -14,10 +14,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
+from featkit.evaluate_checks import MIN_TEST_IMAGES
 from featkit.splits import DEFAULT_TEST_FRACTION, train_test_split
-
-# Below this many test images a class's recall moves by ≥ 20 points per image.
-MIN_TEST_IMAGES = 5
 
 
 @dataclass

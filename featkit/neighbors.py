@@ -397,15 +397,21 @@ class NeighborIndex:
             cols = slots[:, None] * k + np.arange(kk)
             cand_s[rows[:, None], cols] = s
             cand_i[rows[:, None], cols] = ids[i]
-        top = np.argpartition(-cand_s, k - 1, axis=1)[:, :k] if nprobe > 1 else None
-        if top is not None:
-            cand_s = np.take_along_axis(cand_s, top, axis=1)
-            cand_i = np.take_along_axis(cand_i, top, axis=1)
-        order = np.argsort(-cand_s[:, :k], axis=1, kind="stable")
-        return (
-            np.take_along_axis(cand_s[:, :k], order, axis=1),
-            np.take_along_axis(cand_i[:, :k], order, axis=1),
-        )
+        if nprobe > 1:
+            cand_s, cand_i = _best_k(cand_s, cand_i, k)
+        return _descending(cand_s[:, :k], cand_i[:, :k])
+
+
+def _best_k(sims: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` highest similarities of each row (unordered) with their ids."""
+    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    return np.take_along_axis(sims, top, axis=1), np.take_along_axis(idx, top, axis=1)
+
+
+def _descending(sims: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row sorted by similarity, highest first (stable: ties keep their order)."""
+    order = np.argsort(-sims, axis=1, kind="stable")
+    return np.take_along_axis(sims, order, axis=1), np.take_along_axis(idx, order, axis=1)
 
 
 def streamed_exact_search(
@@ -441,17 +447,14 @@ def streamed_exact_search(
             x = normalize_rows(block)
             kk = min(k, x.shape[0])
             s, i = faiss.knn(q, x, kk, metric=faiss.METRIC_INNER_PRODUCT)
-            cand_s = np.concatenate([best_s, s], axis=1)
-            cand_i = np.concatenate([best_i, i + start], axis=1)
-            top = np.argpartition(-cand_s, k - 1, axis=1)[:, :k]
-            best_s = np.take_along_axis(cand_s, top, axis=1)
-            best_i = np.take_along_axis(cand_i, top, axis=1)
+            best_s, best_i = _best_k(
+                np.concatenate([best_s, s], axis=1), np.concatenate([best_i, i + start], axis=1), k
+            )
             start += x.shape[0]
             task.advance(x.shape[0])
     finally:
         task.close()
-    order = np.argsort(-best_s, axis=1, kind="stable")
-    return np.take_along_axis(best_s, order, axis=1), np.take_along_axis(best_i, order, axis=1)
+    return _descending(best_s, best_i)
 
 
 def recall_at_k(approx_idx: np.ndarray, exact_idx: np.ndarray) -> float:

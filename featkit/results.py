@@ -49,6 +49,9 @@ from featkit.result_files import (
 )
 from featkit.workspace import results_dir
 
+# Fine-tune rows name their protocol finetune-<method> (featkit.tune.episode).
+FINETUNE_PREFIX = "finetune-"
+
 RESULT_COLUMNS = (
     "dataset",
     "model",

@@ -14,7 +14,6 @@ nothing to validate on: the first setting is used and the record says so.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,7 @@ from numpy.typing import ArrayLike, NDArray
 from featkit.errors import FeatkitError
 from featkit.metrics import balanced_accuracy
 from featkit.protocols import Protocol
+from featkit.splits import round_half_up
 
 VALIDATION_FRACTION = 0.2
 
@@ -40,7 +40,7 @@ def validation_split(
         members = np.flatnonzero(y == label)
         if members.size < 2:
             continue
-        n_val = min(max(math.floor(fraction * members.size + 0.5), 1), members.size - 1)
+        n_val = min(max(round_half_up(fraction * members.size), 1), members.size - 1)
         held.append(rng.permutation(members)[:n_val])
     validation = np.sort(np.concatenate(held)) if held else np.empty(0, np.int64)
     return np.setdiff1d(np.arange(y.size), validation), validation

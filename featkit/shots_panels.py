@@ -18,9 +18,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from featkit.plots import palette, save_figure
+from featkit.results import FINETUNE_PREFIX
 from featkit.splits import shots_sort_key
 
-FINETUNE_PREFIX = "finetune"
 PANEL_COLUMNS = 3
 TUNED_OFFSET = 0.12
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,10 @@ import numpy as np
 import pytest
 import torch
 
+import tests.test_extract as extraction_tests
 from featkit import extract as extract_mod
 from featkit import integrity
-from featkit.backbones import Backbone, create_backbone
+from featkit.backbones import Backbone
 from featkit.data import discover
 from featkit.errors import DiskFullError, FeatkitError, StoreDamagedError
 from featkit.extract import ExtractSettings, extract, partial_dir
@@ -31,23 +31,9 @@ from tests.helpers import digits_folder
 SETTINGS = ExtractSettings(precision="fp32", batch_size=4, shard_size=8, workers=0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # bit-comparable runs
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def backbone() -> Backbone:
-    torch.manual_seed(0)
-    return create_backbone(
-        "timm:vit_tiny_patch16_224",
-        image_size=32,
-        pretrained=False,
-        model_kwargs={"depth": 2, "embed_dim": 48, "num_heads": 2},
-    )
+# The extraction tests' tiny ViT and their one-thread rule (bit-comparable runs).
+one_thread = extraction_tests.one_thread
+backbone = extraction_tests.backbone
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 
-from featkit.backbones import Backbone, create_backbone
+import tests.test_finetune as finetune_tests
 from featkit.errors import FeatkitError
 from featkit.finetune import FinetuneSettings, adapter_dir
 from featkit.tune import (
@@ -25,20 +23,9 @@ from featkit.tune import adapter as adapter_module
 SIZE = 32
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    with threadpool_limits(limits=1):
-        yield
-
-
-def tiny_backbone() -> Backbone:
-    with seeded(0):
-        return create_backbone(
-            "timm:vit_tiny_patch16_224",
-            pretrained=False,
-            image_size=SIZE,
-            model_kwargs=dict(depth=2),
-        )
+# The fine-tune tests' one-thread rule and their seeded 2-block ViT-tiny.
+_one_thread = finetune_tests._one_thread
+tiny_backbone = finetune_tests.tiny_backbone
 
 
 def saved(folder: Path, head_value: float) -> torch.Tensor:

@@ -36,14 +36,6 @@ class PrecisionChoice(str, Enum):
     fp16 = "fp16"
 
 
-def human_size(num_bytes: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if num_bytes < 1024 or unit == "GiB":
-            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
-        num_bytes /= 1024
-    return f"{num_bytes:.1f} GiB"
-
-
 @user_errors
 def extract_command(
     data: Path = typer.Argument(..., help="Image folder (class sub-folders) or CSV manifest."),
@@ -159,6 +151,7 @@ def extract_command(
     from featkit.distributed import context_from_env, process_group, rank_device
     from featkit.errors import FeatkitError
     from featkit.extract import ExtractSettings, default_decode_workers, extract
+    from featkit.integrity import human_bytes
     from featkit.progress import SILENT
     from featkit.tune import adapter_fingerprint, load_tuned_backbone
     from featkit.workspace import store_path
@@ -236,7 +229,7 @@ def extract_command(
         )
     else:
         out.print(
-            f"done: {report.rows} rows in {target} ({human_size(report.file_size)}); "
+            f"done: {report.rows} rows in {target} ({human_bytes(report.file_size)}); "
             f"extracted {report.extracted}{' on rank 0' if processes else ''} at "
             f"{report.images_per_second:.1f} img/s ({report.precision} on {report.device})"
             f"{processes}, reused {report.reused}, {len(report.failed)} failed; "

@@ -46,9 +46,9 @@ def info_command(
     """
     from rich.table import Table
 
-    from featkit.cli.extract import human_size
     from featkit.cost import COST_ATTR, read_cost
     from featkit.errors import StoreDamagedError
+    from featkit.integrity import human_bytes
     from featkit.store import open_store
 
     with open_store(store) as opened:
@@ -72,7 +72,7 @@ def info_command(
     table = Table(title=f"{summary['dataset']} / {summary['model']}", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
-    table.add_row("file", f"{summary['path']} ({human_size(summary['file_size'])})")
+    table.add_row("file", f"{summary['path']} ({human_bytes(summary['file_size'])})")
     table.add_row("rows", f"{summary['rows']}: {summary['ok']} ok, {summary['failed']} failed")
     grid = summary["grid"]
     kinds = ", ".join(summary["feature_kinds"])
