@@ -9,13 +9,12 @@ chance (ln 10 = 2.30) and, on a DINOv2 layout whose CLS features vary by 1e-5
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
+import tests.test_finetune as finetune_tests
 from featkit.backbones import Backbone, create_backbone
 from featkit.finetune import FinetuneSettings, labelled_images, tune_episode
 from featkit.metrics import balanced_accuracy
@@ -27,17 +26,9 @@ from tests.helpers import digits_folder
 CHANCE = math.log(10)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    with threadpool_limits(limits=1):
-        yield
-
-
-def vit_tiny() -> Backbone:
-    with seeded(0):
-        return create_backbone(
-            "timm:vit_tiny_patch16_224", pretrained=False, image_size=32, model_kwargs=dict(depth=2)
-        )
+# The fine-tune tests' one-thread rule and their seeded 2-block ViT-tiny (32 px).
+_one_thread = finetune_tests._one_thread
+vit_tiny = finetune_tests.tiny_backbone
 
 
 def dinov2_layout() -> Backbone:
