@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from featkit.extract import default_decode_workers
+from featkit.extraction.run import default_decode_workers
 
 TIMM_NAME = "vit_small_patch14_dinov2"
 
@@ -76,8 +76,8 @@ def main() -> None:
     from torchvision import datasets, transforms
 
     from featkit.backbones import create_backbone
-    from featkit.data import discover, load_image
-    from featkit.extract import ExtractSettings, extract
+    from featkit.data.images import discover, load_image
+    from featkit.extraction.run import ExtractSettings, extract
     from featkit.precision import autocast, detect_hardware, resolve_precision
 
     n, bs = args.n_images, args.batch_size

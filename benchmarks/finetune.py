@@ -1,6 +1,6 @@
 """Cost of one fine-tuning episode on the bundled digits set (docs/finetune.md).
 
-Writes the imbalanced digits (``featkit.digits.write_digits``), builds a ViT-S sized
+Writes the imbalanced digits (``featkit.data.digits.write_digits``), builds a ViT-S sized
 backbone (random weights: the cost does not depend on their values) and times one
 episode per method at ``shots=all`` with the default schedule, as ``featkit finetune``
 would run it::
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from featkit.backbones import create_backbone
-from featkit.digits import write_digits
+from featkit.data.digits import write_digits
 from featkit.finetune import FinetuneSettings, labelled_images, run_finetune
 from featkit.metrics import balanced_accuracy
 from featkit.tune import seeded

@@ -193,7 +193,7 @@ COMMANDS = [
 
 def build_base(base: Path, per_class: int) -> None:
     """The data and a workspace holding earlier outputs of every command."""
-    from featkit.digits import write_digits
+    from featkit.data.digits import write_digits
 
     data = write_digits(base / "digits", imbalance=1.0, max_per_class=per_class, size=32)
     ws = base / "ws"
@@ -309,8 +309,8 @@ def check_readable(ws: Path, kept_run_ids: set[str]) -> list[str]:
     """Everything under the workspace opens as what it claims to be; each problem a line."""
     import pandas as pd
 
-    from featkit.results import read_confusion, read_per_class, read_results, read_summary
-    from featkit.store import open_store
+    from featkit.results.io import read_confusion, read_per_class, read_results, read_summary
+    from featkit.store.reader import open_store
 
     problems: list[str] = []
     for path in _visible(ws):
@@ -369,7 +369,7 @@ def outcome(ws: Path, command: Command) -> dict[str, object]:
     """What the command produced, in a form that compares values, not file bytes."""
     import pandas as pd
 
-    from featkit.store import open_store
+    from featkit.store.reader import open_store
 
     out: dict[str, object] = {}
     for owned in command.owns:

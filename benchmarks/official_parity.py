@@ -277,7 +277,7 @@ def main() -> None:
         name, _, file = item.partition("=")
         if name not in MODELS:
             parser.error(f"--checkpoint {item}: expected NAME=FILE with a hub name")
-        from featkit import checkpoints
+        from featkit.backbones import checkpoints
 
         state = checkpoints.read_state_dict(Path(file))
         official = official_truth(name, checkouts, full=True)

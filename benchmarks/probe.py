@@ -28,11 +28,11 @@ import warnings
 
 import numpy as np
 
-from featkit.evaluate import EvalData, ProbeSettings, evaluate_arrays
+from featkit.evaluation.probe import EvalData, ProbeSettings, evaluate_arrays
+from featkit.evaluation.splits import parse_shots, train_test_split
 from featkit.metrics import balanced_accuracy
 from featkit.protocols import create_protocol
 from featkit.protocols.logistic import c_grid, selection_folds
-from featkit.splits import parse_shots, train_test_split
 
 
 def synthetic(

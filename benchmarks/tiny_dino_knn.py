@@ -17,8 +17,8 @@ import torch
 from sklearn.metrics import balanced_accuracy_score
 
 from featkit.backbones import create_backbone
-from featkit.data import discover, load_image
-from featkit.splits import train_test_split
+from featkit.data.images import discover, load_image
+from featkit.evaluation.splits import train_test_split
 
 
 def knn_predict(

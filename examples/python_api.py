@@ -15,12 +15,12 @@ import sys
 from pathlib import Path
 
 import featkit
-from featkit.data import discover
-from featkit.digits import write_digits
-from featkit.evaluate import ProbeSettings, probe
-from featkit.extract import extract
-from featkit.results import read_summary
-from featkit.splits import parse_shots
+from featkit.data.digits import write_digits
+from featkit.data.images import discover
+from featkit.evaluation.probe import ProbeSettings, probe
+from featkit.evaluation.splits import parse_shots
+from featkit.extraction.run import extract
+from featkit.results.io import read_summary
 from featkit.workspace import store_path
 
 

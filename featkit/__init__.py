@@ -16,8 +16,8 @@ _LAZY = {
     "FeatkitError": "featkit.errors",
     "create_backbone": "featkit.backbones",
     "list_backbones": "featkit.backbones",
-    "open_store": "featkit.store",
-    "write_report": "featkit.report",
+    "open_store": "featkit.store.reader",
+    "write_report": "featkit.report.build",
     "create_protocol": "featkit.protocols",
     "list_protocols": "featkit.protocols",
 }

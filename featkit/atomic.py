@@ -4,7 +4,7 @@ Every file featkit writes for keeps (CSV results, checkpoints, adapters, manifes
 goes through :func:`atomic_path`: the content is written to a private temporary file
 in the same folder, flushed to disk, and renamed over the target, and the rename
 itself is made durable. A crash at any moment leaves the old file or the new one,
-never half of one. (HDF5 stores use the same recipe in ``featkit.store.atomic_hdf5``.)
+never half of one. (HDF5 stores use the same recipe in ``featkit.store.reader.atomic_hdf5``.)
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from featkit.integrity import disk_full, is_disk_full
+from featkit.store.integrity import disk_full, is_disk_full
 
 # mkstemp creates files readable by their owner only; results and weights are shared.
 FILE_MODE = 0o644

@@ -105,7 +105,7 @@ def store_cost(path: Path | None) -> dict[str, Any] | None:
     if path is None or not Path(path).is_file():
         return None
     from featkit.errors import FeatkitError
-    from featkit.store import open_store
+    from featkit.store.reader import open_store
 
     try:
         with open_store(path) as store:

@@ -17,14 +17,14 @@ from pathlib import Path
 import torch
 
 from featkit.backbones import create_backbone
-from featkit.data import discover
-from featkit.digits import write_digits
-from featkit.evaluate import ProbeSettings, probe
-from featkit.extract import ExtractSettings, extract
+from featkit.data.digits import write_digits
+from featkit.data.images import discover
+from featkit.evaluation.probe import ProbeSettings, probe
+from featkit.evaluation.splits import parse_shots
+from featkit.extraction.run import ExtractSettings, extract
 from featkit.finetune import FinetuneSettings, labelled_images, run_finetune
 from featkit.progress import SILENT, Progress
-from featkit.report import ReportFiles, write_report
-from featkit.splits import parse_shots
+from featkit.report.build import ReportFiles, write_report
 from featkit.workspace import store_path
 
 DATASET = "digits"

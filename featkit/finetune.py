@@ -1,6 +1,6 @@
 """Light fine-tuning on the probes' splits: episodes → train → evaluate → result rows.
 
-For every (shots, episode) draw of :func:`featkit.splits.episodes` (the very function
+For every (shots, episode) draw of :func:`featkit.evaluation.splits.episodes` (the very function
 ``featkit probe`` uses, so both see the same images) a fresh copy of the backbone is
 tuned with one method of :mod:`featkit.tune`, scored on the shared test split and
 written as result rows with protocol ``finetune-<method>``. The pieces stay separate:
@@ -25,9 +25,9 @@ from torch import Tensor
 from featkit.backbones import Backbone
 from featkit.cost import measure
 from featkit.errors import FeatkitError
+from featkit.evaluation.splits import DEFAULT_EPISODES as PROBE_EPISODES
+from featkit.evaluation.splits import DEFAULT_TEST_FRACTION, Episode, Shots
 from featkit.progress import SILENT, Progress
-from featkit.splits import DEFAULT_EPISODES as PROBE_EPISODES
-from featkit.splits import DEFAULT_TEST_FRACTION, Episode, Shots
 from featkit.tune.adapter import save_adapter
 from featkit.tune.episode import (  # re-exported: featkit.finetune is the public door
     DEFAULT_LR,
@@ -86,7 +86,7 @@ class LabelledImages:
 
 def labelled_images(source: Path, data: Path | None = None) -> LabelledImages:
     """Rows from a store (``.h5``: images under ``data``) or a data folder / CSV manifest."""
-    from featkit.data import discover
+    from featkit.data.images import discover
 
     source = Path(source)
     if source.suffix == ".h5" and source.is_file():
@@ -108,8 +108,8 @@ def labelled_images(source: Path, data: Path | None = None) -> LabelledImages:
 
 
 def _from_store(path: Path, data: Path | None) -> LabelledImages:
-    from featkit.data import discover
-    from featkit.store import open_store
+    from featkit.data.images import discover
+    from featkit.store.reader import open_store
 
     with open_store(path) as store:
         rows = LabelledImages(
@@ -206,8 +206,8 @@ def run_finetune(
     ``model_name`` is the model column of the rows (default ``backbone.name``; the
     store's name, e.g. ``<model>-random``, keeps them beside the probe's rows).
     """
+    from featkit.evaluation.splits import episodes
     from featkit.precision import detect_hardware, resolve_device, resolve_precision
-    from featkit.splits import episodes
 
     require_labels(rows)
     check_store_backbone(rows, backbone)
@@ -287,7 +287,7 @@ def require_labels(rows: LabelledImages) -> None:
 def check_store_backbone(rows: LabelledImages, backbone: Backbone) -> None:
     """Refuse to label tuned rows with a store's model when the weights or input size
     differ from those the store (and so the probe's rows) was made with."""
-    from featkit.fingerprint import parameters_sha256
+    from featkit.store.fingerprint import parameters_sha256
 
     if not rows.fingerprint:
         return
@@ -434,12 +434,12 @@ def write_results(
 ) -> Path:
     """Merge the run's rows into the workspace's long, summary, per-class and confusion CSVs.
 
-    Rows come from :func:`featkit.records.episode_records`, the function the probe uses,
+    Rows come from :func:`featkit.evaluation.records.episode_records`, the function the probe uses,
     under a run id that covers the data as the probe's does.
     """
-    from featkit import results
-    from featkit.fingerprint import make_fingerprint
-    from featkit.records import data_id, episode_records
+    from featkit.evaluation.records import data_id, episode_records
+    from featkit.results import io as results
+    from featkit.store.fingerprint import make_fingerprint
 
     # The store's fingerprint ties rows to the images and features the probe used; from a
     # data folder the backbone's own fingerprint stands in for it.

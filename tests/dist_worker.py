@@ -4,7 +4,7 @@ Usage: ``torchrun â€¦ tests/dist_worker.py LOG KILL_RANK KILL_AT extract DATA â€
 Every shard a rank moves into place is appended to ``LOG`` as ``<rank> <shard file>``;
 rank ``KILL_RANK`` (``-1``: none) SIGKILLs itself right before its ``KILL_AT``-th shard
 would be moved into place, leaving that shard's temporary file behind, as a crash
-would. Shards are recognised by their ``shard-`` file names (featkit.extract).
+would. Shards are recognised by their ``shard-`` file names (featkit.extraction.run).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from featkit.digits import Variant, write_digits
+from featkit.data.digits import Variant, write_digits
 
 __all__ = ["ZOO_REASONS", "ZOO_RED_CORNER", "digits_folder", "write_bad_image_zoo"]
 
@@ -46,7 +46,7 @@ def digits_folder(
 
     Balanced by default: exactly ``per_class`` images of each digit 0..9. With
     ``imbalance`` > 1 digit 0 keeps ``per_class`` and the others decay geometrically
-    down to ``per_class / imbalance`` (see :mod:`featkit.digits`). With ``manifest``
+    down to ``per_class / imbalance`` (see :mod:`featkit.data.digits`). With ``manifest``
     the returned path is the CSV manifest instead of the folder.
     """
     return write_digits(

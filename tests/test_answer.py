@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_digits
 
-from featkit.answer import (
+from featkit.errors import FeatkitError
+from featkit.report.answer import (
     FALLS_SHORT,
     MAY_REACH,
     REACHES,
@@ -18,8 +19,7 @@ from featkit.answer import (
     fit_power_law,
     labels_for,
 )
-from featkit.datasummary import MIN_TEST_IMAGES, summarize_data
-from featkit.errors import FeatkitError
+from featkit.report.datasummary import MIN_TEST_IMAGES, summarize_data
 
 
 def _summary(rows: list[tuple[str, str, str, float, float, float]]) -> pd.DataFrame:
@@ -150,7 +150,7 @@ def test_data_summary_counts_the_probes_split_on_real_digits() -> None:
 
 
 def test_shots_panels_one_panel_per_model_shared_axis_best_finetune_starred(tmp_path) -> None:
-    from featkit.shots_panels import plot_shots_panels
+    from featkit.viz.shots_panels import plot_shots_panels
 
     rows = []
     for model in ("a", "b", "c", "d"):

@@ -9,14 +9,14 @@ import pytest
 import timm
 import torch
 
-from featkit.attention import (
+from featkit.errors import FeatkitError
+from featkit.viz.attention import (
     attention_masks,
     compute_attention,
     map_point,
     pca_rgb,
     point_similarity,
 )
-from featkit.errors import FeatkitError
 from tests.test_plots import assert_real_png
 
 SIZE, PATCH = 64, 16  # a 4x4 patch grid
@@ -167,7 +167,7 @@ def test_pca_rgb_range_and_first_component() -> None:
 def test_attention_pictures_are_real_pngs(tmp_path: Path) -> None:
     from PIL import Image
 
-    from featkit import plots
+    from featkit.viz import plots
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)

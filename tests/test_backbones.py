@@ -272,7 +272,7 @@ def test_hub_weights_go_through_the_local_loading_path(empty_hub_cache, monkeypa
 
 
 def test_fingerprint_names_the_rule_the_resize_and_the_precision() -> None:
-    from featkit.fingerprint import BINDING_KEYS, make_fingerprint
+    from featkit.store.fingerprint import BINDING_KEYS, make_fingerprint
 
     b = create_backbone("dinov2_vits14", pretrained=False, image_size=28, model_kwargs=TINY)
     fp = make_fingerprint(b, precision="fp32", patches="mean")

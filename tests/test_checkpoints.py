@@ -11,8 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from featkit import checkpoints
-from featkit.backbones import Backbone, create_backbone
+from featkit.backbones import Backbone, checkpoints, create_backbone
 from featkit.errors import FeatkitError
 
 TINY = {"depth": 2, "embed_dim": 32, "num_heads": 2}

@@ -16,8 +16,8 @@ import torch
 from typer.testing import CliRunner
 
 from featkit.cli import app
-from featkit.extract import partial_dir
-from featkit.store import open_store
+from featkit.extraction.run import partial_dir
+from featkit.store.reader import open_store
 from tests.helpers import digits_folder
 from tests.test_extract import assert_same_store
 
@@ -90,7 +90,7 @@ def test_kill_9_mid_run_then_resume_gives_the_same_store(tmp_path: Path) -> None
 
 KILL_IN_MERGE = """
 import os, signal, sys
-from featkit.store import StoreWriter
+from featkit.store.reader import StoreWriter
 from featkit.cli import main
 
 def die(self, *args, **kwargs):

@@ -8,7 +8,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from featkit.cli import app
-from featkit.store import open_store
+from featkit.store.reader import open_store
 from tests.helpers import digits_folder
 
 runner = CliRunner()

@@ -13,11 +13,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from featkit import atomic, integrity
-from featkit import extract as extract_mod
+from featkit import atomic
 from featkit.cli import app
-from featkit.extract import partial_dir
-from featkit.store import open_store
+from featkit.extraction import run as extract_mod
+from featkit.extraction.run import partial_dir
+from featkit.store import integrity
+from featkit.store.reader import open_store
 from tests.helpers import digits_folder
 from tests.test_evaluate import make_store
 from tests.test_faults import zero_dataset

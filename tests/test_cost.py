@@ -19,14 +19,14 @@ from typer.testing import CliRunner
 from featkit.backbones import create_backbone
 from featkit.cli import app
 from featkit.cli.report import _cost_table
-from featkit.data import discover
-from featkit.evaluate import EvalData, ProbeSettings, ProtocolSpec, evaluate_arrays, probe
-from featkit.extract import ExtractSettings, extract
+from featkit.data.images import discover
+from featkit.evaluation.probe import EvalData, ProbeSettings, ProtocolSpec, evaluate_arrays, probe
+from featkit.evaluation.splits import parse_shots
+from featkit.extraction.run import ExtractSettings, extract
 from featkit.finetune import FinetuneSettings, labelled_images, run_finetune
-from featkit.report import write_report
-from featkit.results import RESULT_COLUMNS, read_results
-from featkit.splits import parse_shots
-from featkit.store import open_store
+from featkit.report.build import write_report
+from featkit.results.io import RESULT_COLUMNS, read_results
+from featkit.store.reader import open_store
 from tests.helpers import digits_folder
 
 runner = CliRunner()

@@ -1,4 +1,4 @@
-"""featkit.data: discovery of folders and manifests, and safe decoding of bad files."""
+"""featkit.data.images: discovery of folders and manifests, and safe decoding of bad files."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featkit.data import Dataset, ImageRecord, discover, load_image
+from featkit.data.images import Dataset, ImageRecord, discover, load_image
 from featkit.errors import FeatkitError, ImageDecodeError
 from tests.helpers import ZOO_REASONS, ZOO_RED_CORNER, write_bad_image_zoo
 

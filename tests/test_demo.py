@@ -8,7 +8,7 @@ import pandas as pd
 from typer.testing import CliRunner
 
 from featkit.cli import app
-from featkit.store import open_store
+from featkit.store.reader import open_store
 
 
 def test_demo_runs_the_whole_story(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""featkit.digits: the real sklearn digits written as an imbalanced image set."""
+"""featkit.data.digits: the real sklearn digits written as an imbalanced image set."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from featkit.data import discover
-from featkit.digits import class_sizes, write_digits
+from featkit.data.digits import class_sizes, write_digits
+from featkit.data.images import discover
 from featkit.errors import FeatkitError
 from tests.helpers import digits_folder
 

@@ -8,7 +8,7 @@ import torch
 from safetensors import safe_open
 
 from featkit.backbones import create_backbone, list_backbones
-from featkit.tiny_dino import ARCH, ARCH_KWARGS, weights_file
+from featkit.backbones.tiny_dino import ARCH, ARCH_KWARGS, weights_file
 
 
 def test_bundled_weights_are_small_and_describe_their_architecture() -> None:

@@ -80,7 +80,7 @@ def test_training_steps_lower_the_loss_without_collapse(digits: Path) -> None:
     trainer = DINOTrainer(backbone, 32, config, steps_per_epoch=30)
     from PIL import Image
 
-    from featkit.data import discover, load_image
+    from featkit.data.images import discover, load_image
 
     dataset = discover(digits)
     crops = MultiCrop(

@@ -18,8 +18,9 @@ import torch
 from typer.testing import CliRunner
 
 from featkit.cli import app
-from featkit.digits import write_digits
-from featkit.distributed import (
+from featkit.data.digits import write_digits
+from featkit.errors import FeatkitError
+from featkit.extraction.distributed import (
     LOCAL,
     DistributedContext,
     choose_backend,
@@ -27,8 +28,7 @@ from featkit.distributed import (
     process_group,
     rank_device,
 )
-from featkit.errors import FeatkitError
-from featkit.extract import partial_dir
+from featkit.extraction.run import partial_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "dist_worker.py"

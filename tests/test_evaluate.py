@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from featkit.errors import FeatkitError
-from featkit.evaluate import (
+from featkit.evaluation.probe import (
     EvalData,
     ProbeSettings,
     ProtocolSpec,
@@ -19,9 +19,10 @@ from featkit.evaluate import (
     probe,
     protocol_grid,
 )
+from featkit.evaluation.splits import episodes, parse_shots
 from featkit.metrics import summarize
 from featkit.protocols import create_protocol
-from featkit.results import (
+from featkit.results.io import (
     RESULT_COLUMNS,
     SUMMARY_COLUMNS,
     read_confusion,
@@ -32,7 +33,6 @@ from featkit.results import (
     run_id,
     write_results,
 )
-from featkit.splits import episodes, parse_shots
 
 FAST = (
     ProtocolSpec.of("knn", k=5),
@@ -68,7 +68,7 @@ def make_store(
     seed: int = 0,
 ) -> Path:
     """A real store written with the store module's writer (NaN rows marked ok on purpose)."""
-    from featkit.store import StoreWriter, atomic_hdf5
+    from featkit.store.reader import StoreWriter, atomic_hdf5
     from featkit.workspace import store_path
 
     X, y, paths = toy_arrays(sizes, seed=seed)

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from featkit.cli import app
-from featkit.export import parquet_available
-from featkit.store import StoreWriter, atomic_hdf5, open_store
+from featkit.store.export import parquet_available
+from featkit.store.reader import StoreWriter, atomic_hdf5, open_store
 from tests.helpers import digits_folder
 
 runner = CliRunner()
@@ -21,8 +21,8 @@ runner = CliRunner()
 def digits_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real sklearn digits (10 per class) through the pixels backbone at 8 px (D = 192)."""
     from featkit.backbones import create_backbone
-    from featkit.data import discover
-    from featkit.extract import ExtractSettings, extract
+    from featkit.data.images import discover
+    from featkit.extraction.run import ExtractSettings, extract
 
     root = tmp_path_factory.mktemp("export")
     data = discover(digits_folder(root, per_class=10, size=8))

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from featkit import extract as extract_mod
 from featkit.backbones import Backbone, create_backbone
-from featkit.data import discover, load_image
+from featkit.data.images import discover, load_image
 from featkit.errors import FeatkitError, FingerprintMismatchError
-from featkit.extract import ExtractSettings, extract, partial_dir
-from featkit.store import StoreWriter, open_store
+from featkit.extraction import run as extract_mod
+from featkit.extraction.run import ExtractSettings, extract, partial_dir
+from featkit.store.reader import StoreWriter, open_store
 from tests.helpers import ZOO_REASONS, digits_folder, write_bad_image_zoo
 
 SETTINGS = ExtractSettings(precision="fp32", batch_size=4, shard_size=8, workers=2)

@@ -19,13 +19,13 @@ import pytest
 import torch
 
 import tests.test_extract as extraction_tests
-from featkit import extract as extract_mod
-from featkit import integrity
 from featkit.backbones import Backbone
-from featkit.data import discover
+from featkit.data.images import discover
 from featkit.errors import DiskFullError, FeatkitError, StoreDamagedError
-from featkit.extract import ExtractSettings, extract, partial_dir
-from featkit.store import StoreWriter, import_features, open_store
+from featkit.extraction import run as extract_mod
+from featkit.extraction.run import ExtractSettings, extract, partial_dir
+from featkit.store import integrity
+from featkit.store.reader import StoreWriter, import_features, open_store
 from tests.helpers import digits_folder
 
 SETTINGS = ExtractSettings(precision="fp32", batch_size=4, shard_size=8, workers=0)

@@ -13,13 +13,13 @@ from typer.testing import CliRunner
 
 from featkit.backbones import Backbone, create_backbone
 from featkit.cli import app
-from featkit.data import discover
+from featkit.data.images import discover
 from featkit.errors import FeatkitError
-from featkit.evaluate import ProbeSettings, ProtocolSpec, load_store, probe
-from featkit.extract import ExtractSettings, extract
+from featkit.evaluation.probe import ProbeSettings, ProtocolSpec, load_store, probe
+from featkit.evaluation.splits import episodes, parse_shots
+from featkit.extraction.run import ExtractSettings, extract
 from featkit.finetune import FinetuneSettings, labelled_images, run_finetune, tune_episode
-from featkit.results import read_results, read_summary
-from featkit.splits import episodes, parse_shots
+from featkit.results.io import read_results, read_summary
 from featkit.tune import load_images, load_tuned_backbone, seeded
 from tests.helpers import digits_folder
 
@@ -185,9 +185,10 @@ def test_episodes_default_to_the_probes() -> None:
     """Issue 11.8: tuned and probed cells average over the same number of draws."""
     import inspect
 
-    from featkit import finetune, splits
+    from featkit import finetune
     from featkit.cli.finetune import finetune_command
-    from featkit.evaluate import ProbeSettings
+    from featkit.evaluation import splits
+    from featkit.evaluation.probe import ProbeSettings
 
     option = inspect.signature(finetune_command).parameters["episodes"].default
     assert option.default == finetune.DEFAULT_EPISODES == ProbeSettings().episodes

@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from featkit.cli import app
-from featkit.store import import_features
+from featkit.store.reader import import_features
 
 REPO = Path(__file__).resolve().parents[1]
 

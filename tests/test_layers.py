@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 
 from featkit.backbones import Backbone, create_backbone
 from featkit.cli import app
-from featkit.data import discover, load_image
+from featkit.data.images import discover, load_image
 from featkit.errors import FeatkitError, FingerprintMismatchError
-from featkit.extract import ExtractSettings, extract
-from featkit.store import open_store
+from featkit.extraction.run import ExtractSettings, extract
+from featkit.store.reader import open_store
 from tests.helpers import digits_folder
 
 SETTINGS = ExtractSettings(precision="fp32", batch_size=4, shard_size=4, workers=0, layers=3)

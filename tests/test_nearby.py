@@ -19,8 +19,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from featkit.cli import app
-from featkit.nearby import duplicate_pairs, find_duplicates, knn_disagreement, label_noise
-from featkit.store import open_store
+from featkit.neighbors.questions import (
+    duplicate_pairs,
+    find_duplicates,
+    knn_disagreement,
+    label_noise,
+)
+from featkit.store.reader import open_store
 from tests.helpers import digits_folder
 
 runner = CliRunner()
@@ -43,8 +48,8 @@ class Planted:
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory: pytest.TempPathFactory) -> Planted:
     from featkit.backbones import create_backbone
-    from featkit.data import discover
-    from featkit.extract import ExtractSettings, extract
+    from featkit.data.images import discover
+    from featkit.extraction.run import ExtractSettings, extract
 
     base = tmp_path_factory.mktemp("nearby")
     root = digits_folder(base, per_class=20, size=8)
@@ -186,7 +191,7 @@ def test_bad_neighbors_input_exits_2(planted: Planted, args: list[str], message:
 
 def _copy_with_fingerprint(source: Path, target: Path, changes: dict[str, object]) -> Path:
     """``source`` rewritten with fingerprint keys changed (features and rows as they are)."""
-    from featkit.store import StoreWriter, atomic_hdf5
+    from featkit.store.reader import StoreWriter, atomic_hdf5
 
     with open_store(source) as store:
         fingerprint = {**store.fingerprint, **changes}

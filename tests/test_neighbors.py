@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from featkit.errors import FeatkitError
-from featkit.neighbors import (
+from featkit.neighbors.search import (
     DOCUMENTED_IVF_RECALL,
     NeighborIndex,
     clustered_embeddings,
@@ -228,7 +228,7 @@ def test_knn_records_its_index_and_an_approximate_index_s_recall() -> None:
 
 def test_streamed_exact_search_equals_brute_force_from_hdf5(tmp_path: Path) -> None:
     """Bounded-memory exact search reads the store in blocks and finds the true top-k."""
-    from featkit.neighbors import streamed_exact_search
+    from featkit.neighbors.search import streamed_exact_search
 
     x, _ = clustered_embeddings(3000, 24, n_clusters=20, seed=7)
     q, _ = clustered_embeddings(50, 24, n_clusters=20, seed=7, start=99)

@@ -46,9 +46,9 @@ def test_pixels_default_size_and_no_weights(tmp_path: Path) -> None:
 
 
 def test_pixels_and_random_init_produce_stores(tmp_path: Path) -> None:
-    from featkit.data import discover
-    from featkit.extract import extract
-    from featkit.store import open_store
+    from featkit.data.images import discover
+    from featkit.extraction.run import extract
+    from featkit.store.reader import open_store
 
     data = discover(digits_folder(tmp_path, per_class=2, size=16))
     torch.manual_seed(0)

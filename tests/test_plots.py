@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from featkit import plots
-from featkit.report import gather_results, summarize, write_report
+from featkit.report.build import gather_results, summarize, write_report
+from featkit.viz import plots
 
 CLASSES = ("cat", "dog", "fox", "owl")
 CLASS_SIZES = (200, 60, 20, 6)  # training images per class: imbalanced on purpose

@@ -36,7 +36,7 @@ def test_pretrain_then_extract(tmp_path: Path) -> None:
     extract = ["extract", str(data), "--model", "timm:vit_tiny_patch16_224"]
     result = runner.invoke(app, [*extract, "--weights", str(ckpt), "--out", str(store)])
     assert result.exit_code == 0, result.output
-    from featkit.store import open_store
+    from featkit.store.reader import open_store
 
     with open_store(store) as s:
         features = s.features("cls")

@@ -8,10 +8,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import normalized_mutual_info_score
 from threadpoolctl import threadpool_limits
 
-from featkit import imbalance
 from featkit.errors import FeatkitError
 from featkit.metrics import balanced_accuracy, clustering_metrics
-from featkit.protocols import create_protocol
+from featkit.protocols import create_protocol, imbalance
 from featkit.protocols.logistic import c_grid, selection_folds
 
 

@@ -8,11 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from featkit.evaluate import ProbeSettings, evaluate_arrays, probe
-from featkit.finetune import EpisodeOutcome, FinetuneRun, LabelledImages, write_results
-from featkit.records import data_id
-from featkit.results import read_confusion, read_per_class, read_results
-from featkit.splits import (
+from featkit.evaluation.probe import ProbeSettings, evaluate_arrays, probe
+from featkit.evaluation.records import data_id
+from featkit.evaluation.splits import (
     Shots,
     episodes,
     parse_shots,
@@ -21,6 +19,8 @@ from featkit.splits import (
     stratified_folds,
     train_test_split,
 )
+from featkit.finetune import EpisodeOutcome, FinetuneRun, LabelledImages, write_results
+from featkit.results.io import read_confusion, read_per_class, read_results
 from tests.test_evaluate import FAST, make_store, toy_data
 
 VALUE_COLUMNS = {
@@ -148,7 +148,7 @@ def test_folds_and_the_standard_split_never_share_a_run(tmp_path: Path) -> None:
 def test_imported_features_without_paths_are_warned_about(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from featkit.store import import_features
+    from featkit.store.reader import import_features
     from tests.test_evaluate import toy_arrays
 
     X, y, paths = toy_arrays()

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from featkit.errors import FeatkitError
-from featkit.report import (
+from featkit.report.build import (
     comparison_table,
     gather_results,
     shots_sort_key,

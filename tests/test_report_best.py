@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from featkit.records import encode_correct
-from featkit.report import comparison_table, gather_results, summarize, write_report
-from featkit.results import write_results
+from featkit.evaluation.records import encode_correct
+from featkit.report.build import comparison_table, gather_results, summarize, write_report
+from featkit.results.io import write_results
 
 PATHS = [f"img{i:03d}.png" for i in range(50)]
 LABELS = np.arange(50) % 2  # two classes of 25 test images

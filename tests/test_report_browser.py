@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featkit.report import write_report
+from featkit.report.build import write_report
 
 BROWSER = next(
     (b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None

@@ -14,9 +14,10 @@ import pytest
 from scipy import stats
 from typer.testing import CliRunner
 
-from featkit import result_files
 from featkit.cli import app
-from featkit.evaluate import EvalData, ProbeSettings, evaluate_arrays, probe
+from featkit.evaluation.probe import EvalData, ProbeSettings, evaluate_arrays, probe
+from featkit.evaluation.records import decode_correct, encode_correct
+from featkit.evaluation.splits import parse_shots
 from featkit.metrics import (
     Z95,
     balanced_accuracy,
@@ -28,15 +29,14 @@ from featkit.metrics import (
     stratified_bootstrap_indices,
     summarize,
 )
-from featkit.records import decode_correct, encode_correct
-from featkit.results import (
+from featkit.results import files as result_files
+from featkit.results.io import (
     read_confusion,
     read_per_class,
     read_results,
     read_summary,
     write_results,
 )
-from featkit.splits import parse_shots
 from tests.helpers import digits_folder
 from tests.test_evaluate import FAST, make_store, toy_arrays
 
@@ -251,7 +251,7 @@ def test_an_unchanged_rerun_returns_the_stored_rows(
     def must_not_run(*args: object, **kwargs: object) -> None:
         raise AssertionError("an unchanged rerun evaluated again")
 
-    monkeypatch.setattr("featkit.evaluate.evaluate_arrays", must_not_run)
+    monkeypatch.setattr("featkit.evaluation.probe.evaluate_arrays", must_not_run)
     start = time.perf_counter()
     again = probe([store], settings, workspace=tmp_path)
     assert time.perf_counter() - start < 15  # ~0.3 s here; loose for slow machines

@@ -10,9 +10,9 @@ from sklearn.metrics import balanced_accuracy_score
 from typer.testing import CliRunner
 
 from featkit.cli import app
-from featkit.evaluate import EvalData, ProbeSettings, ProtocolSpec, evaluate_arrays
-from featkit.selection import SelectOnValidation, select_grids, validation_split
-from featkit.splits import parse_shots
+from featkit.evaluation.probe import EvalData, ProbeSettings, ProtocolSpec, evaluate_arrays
+from featkit.evaluation.selection import SelectOnValidation, select_grids, validation_split
+from featkit.evaluation.splits import parse_shots
 from tests.test_evaluate import make_store
 
 
@@ -90,7 +90,7 @@ def test_the_test_images_never_influence_the_choice() -> None:
 
     before = chosen(X)
     # Scramble every test image (the test split depends on paths and labels only).
-    from featkit.splits import train_test_split
+    from featkit.evaluation.splits import train_test_split
 
     _, test = train_test_split(paths, y)
     scrambled = X.copy()

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from featkit.errors import FeatkitError
-from featkit.splits import Shots, episodes, parse_shots, sample_episode, train_test_split
+from featkit.evaluation.splits import Shots, episodes, parse_shots, sample_episode, train_test_split
 
 
 def _data(sizes: list[int]) -> tuple[list[str], np.ndarray]:
@@ -131,8 +131,8 @@ def test_zero_shots_have_no_training_images() -> None:
 
 def test_two_stores_of_the_same_images_get_the_same_splits(tmp_path: Path) -> None:
     """Different models, different features, rows given in another order: same images."""
-    from featkit.evaluate import load_store
-    from featkit.store import import_features
+    from featkit.evaluation.probe import load_store
+    from featkit.store.reader import import_features
 
     paths, y = _data([15, 12, 9])
     perm = np.random.default_rng(0).permutation(len(paths))

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 import featkit
-from featkit import store as store_mod
 from featkit.errors import FeatkitError
-from featkit.fingerprint import BINDING_KEYS, differences
 from featkit.precision import Hardware, parse_cpuinfo, resolve_precision
-from featkit.store import StoreWriter, atomic_hdf5, import_features, open_store
+from featkit.store import reader as store_mod
+from featkit.store.fingerprint import BINDING_KEYS, differences
+from featkit.store.reader import StoreWriter, atomic_hdf5, import_features, open_store
 
 PATHS = [f"{c}/{i:02d}.png" for c in ("a", "b") for i in range(5)]  # 10 rows, sorted
 LABELS = np.array([0] * 5 + [1] * 5)

@@ -239,7 +239,7 @@ _REGISTRY: dict[str, BackboneFactory] = {}
 _PREFIXES = ("timm:", "hf:")
 # featkit modules that register extra backbones when imported; imported on first use
 # so that they can import this module without a cycle.
-_PLUGIN_MODULES = ("featkit.pixels", "featkit.tiny_dino")
+_PLUGIN_MODULES = ("featkit.backbones.pixels", "featkit.backbones.tiny_dino")
 
 
 @functools.cache
@@ -323,7 +323,7 @@ def create_backbone(
 
         backbone = create_timm(name, name.removeprefix("timm:"), **options)
     elif name.startswith("hf:"):
-        from featkit.hf_backbone import create_hf_backbone
+        from featkit.backbones.hf import create_hf_backbone
 
         backbone = create_hf_backbone(
             name, name.removeprefix("hf:"), transform=transform, **options

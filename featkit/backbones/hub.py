@@ -147,7 +147,7 @@ def cached_weights(name: str) -> Path | None:
     """The hub weight file of ``name`` if it is already on this machine (never downloads)."""
     import timm
 
-    from featkit import checkpoints
+    from featkit.backbones import checkpoints
     from featkit.errors import FeatkitError
 
     spec = HUB_MODELS[name]

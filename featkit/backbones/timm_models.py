@@ -70,7 +70,7 @@ def create_timm(
     """
     import timm
 
-    from featkit import checkpoints
+    from featkit.backbones import checkpoints
 
     if not timm.is_model(arch):
         known = timm.list_models() + timm.list_models(pretrained=True)

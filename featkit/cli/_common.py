@@ -31,8 +31,8 @@ from rich.progress import Progress as RichProgressBar
 
 from featkit.cli._console import PipeSafeConsole
 from featkit.errors import DiskFullError, FeatkitError
-from featkit.integrity import is_disk_full
 from featkit.progress import SILENT, OnceFilter, Progress, ProgressTask
+from featkit.store.integrity import is_disk_full
 from featkit.workspace import DEFAULT_WORKSPACE
 
 

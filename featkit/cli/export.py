@@ -56,7 +56,7 @@ def export_command(
 
         featkit import emb/features.npy --labels emb/metadata.csv --name mine
     """
-    from featkit.export import default_export_dir, export_store
+    from featkit.store.export import default_export_dir, export_store
 
     folder = out_dir if out_dir is not None else default_export_dir(store, fmt.value)
     result = export_store(store, folder, fmt.value, feature.value)

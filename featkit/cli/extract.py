@@ -147,12 +147,12 @@ def extract_command(
     import torch
 
     from featkit.backbones import create_backbone
-    from featkit.data import discover
-    from featkit.distributed import context_from_env, process_group, rank_device
+    from featkit.data.images import discover
     from featkit.errors import FeatkitError
-    from featkit.extract import ExtractSettings, default_decode_workers, extract
-    from featkit.integrity import human_bytes
+    from featkit.extraction.distributed import context_from_env, process_group, rank_device
+    from featkit.extraction.run import ExtractSettings, default_decode_workers, extract
     from featkit.progress import SILENT
+    from featkit.store.integrity import human_bytes
     from featkit.tune import adapter_fingerprint, load_tuned_backbone
     from featkit.workspace import store_path
 

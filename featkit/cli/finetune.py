@@ -197,9 +197,9 @@ def _print_summary(run: FinetuneRun) -> None:
     import pandas as pd
     from rich.table import Table
 
-    from featkit.records import episode_records
-    from featkit.report_table import format_cell
-    from featkit.results import summarize_results
+    from featkit.evaluation.records import episode_records
+    from featkit.report.table import format_cell
+    from featkit.results.io import summarize_results
 
     table = Table(
         title=f"{run.model} · {run.protocol} · {run.dataset} "

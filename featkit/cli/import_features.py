@@ -41,7 +41,7 @@ def import_command(
     import numpy as np
 
     from featkit.errors import FeatkitError
-    from featkit.store import import_features
+    from featkit.store.reader import import_features
 
     if features.suffix.lower() != ".npy":
         raise FeatkitError(

@@ -48,8 +48,8 @@ def info_command(
 
     from featkit.cost import COST_ATTR, read_cost
     from featkit.errors import StoreDamagedError
-    from featkit.integrity import human_bytes
-    from featkit.store import open_store
+    from featkit.store.integrity import human_bytes
+    from featkit.store.reader import open_store
 
     with open_store(store) as opened:
         summary = opened.summary()

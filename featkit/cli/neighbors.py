@@ -13,7 +13,7 @@ from typing import Any
 import typer
 
 from featkit.cli._common import out, user_errors
-from featkit.nearby import DUPLICATE_THRESHOLD
+from featkit.neighbors.questions import DUPLICATE_THRESHOLD
 
 ORDER = 14
 
@@ -115,9 +115,9 @@ def neighbors_command(
         featkit neighbors runs/pets/dinov2_vits14.h5 --label-noise --top 50 --format csv
     """
     from featkit.errors import FeatkitError
-    from featkit.nearby import duplicate_pairs, nearest_images
-    from featkit.nearby import label_noise as rank_label_noise
-    from featkit.store import open_store
+    from featkit.neighbors.questions import duplicate_pairs, nearest_images
+    from featkit.neighbors.questions import label_noise as rank_label_noise
+    from featkit.store.reader import open_store
 
     modes = [name for name, on in (("--query", query is not None), ("--duplicates", duplicates),
                                    ("--label-noise", label_noise)) if on]  # fmt: skip

@@ -21,7 +21,7 @@ from featkit.errors import FeatkitError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from featkit.evaluate import ProtocolSpec
+    from featkit.evaluation.probe import ProtocolSpec
 
 ORDER = 20
 
@@ -41,7 +41,7 @@ def _list(text: str, option: str, cast: Callable[[str], Any]) -> list[Any]:
 
 
 def _specs(protocols: str, options: dict[str, dict[str, list[Any]]]) -> list[ProtocolSpec]:
-    from featkit.evaluate import protocol_grid
+    from featkit.evaluation.probe import protocol_grid
     from featkit.protocols import get_protocol_class
 
     names = list(dict.fromkeys(_list(protocols, "--protocols", str)))
@@ -63,7 +63,7 @@ def _table(summary: pd.DataFrame, specs: Sequence[ProtocolSpec], shots: list[str
     import pandas as pd
     from rich.table import Table
 
-    from featkit.report_table import effective_note, format_cell
+    from featkit.report.table import effective_note, format_cell
 
     by_params: dict[tuple[str, str], ProtocolSpec] = {(s.name, s.params_string()): s for s in specs}
     varying: dict[str, set[str]] = {}
@@ -195,11 +195,11 @@ def probe(
 
     An unchanged rerun returns the stored results at once (--force recomputes).
     """
-    from featkit.evaluate import ProbeSettings
-    from featkit.evaluate import probe as run_probe
-    from featkit.results import summarize_results
-    from featkit.splits import parse_shots
-    from featkit.store_write import FEATURE_KINDS_HELP, is_feature_kind
+    from featkit.evaluation.probe import ProbeSettings
+    from featkit.evaluation.probe import probe as run_probe
+    from featkit.evaluation.splits import parse_shots
+    from featkit.results.io import summarize_results
+    from featkit.store.writer import FEATURE_KINDS_HELP, is_feature_kind
     from featkit.workspace import find_stores, results_dir
 
     ws = resolve_workspace(workspace)

@@ -19,8 +19,8 @@ from featkit.cli._common import (
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from featkit.report import ComparisonTable
-    from featkit.report_cost import CostTable
+    from featkit.report.build import ComparisonTable
+    from featkit.report.cost import CostTable
 
 ORDER = 40
 
@@ -77,7 +77,7 @@ def report(
 
         featkit report --target 0.8      # which route reaches 80 % balanced accuracy?
     """
-    from featkit.report import write_report
+    from featkit.report.build import write_report
 
     root = workspace_arg if workspace_arg is not None else resolve_workspace(workspace)
     fraction = target / 100 if target is not None and target > 1 else target
@@ -107,7 +107,7 @@ def _rich_table(table: ComparisonTable) -> Table:
     from rich.table import Table
     from rich.text import Text
 
-    from featkit.report_table import BEST_RULE, INTERVAL_NOTE
+    from featkit.report.table import BEST_RULE, INTERVAL_NOTE
 
     shown = Table(
         title=f"{table.metric} (%, mean ± 95% CI over episodes and test images)",
@@ -133,7 +133,7 @@ def _cost_table(cost: CostTable) -> Table:
     from rich.table import Table
     from rich.text import Text
 
-    from featkit.report_cost import COST_NOTE
+    from featkit.report.cost import COST_NOTE
 
     shown = Table(title="Cost per route (wall seconds, peak memory)", caption=COST_NOTE)
     frame = cost.display()

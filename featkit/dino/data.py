@@ -30,7 +30,7 @@ class MultiCropImages(TorchDataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> list[Tensor] | None:
-        from featkit.data import load_image
+        from featkit.data.images import load_image
 
         try:
             image = load_image(self.paths[index])

@@ -49,7 +49,9 @@ logger = logging.getLogger("featkit")
 
 STATE_SUFFIX = ".train.pt"
 METADATA_KEY = "featkit_pretrain"  # safetensors metadata: how the file was made (JSON)
-MODEL_KWARGS_KEY = "featkit_model_kwargs"  # read back by featkit.checkpoints to rebuild the arch
+MODEL_KWARGS_KEY = (
+    "featkit_model_kwargs"  # read back by featkit.backbones.checkpoints to rebuild the arch
+)
 
 # Settings that must not change when a run is resumed (they shape the saved tensors
 # or the meaning of the schedules already followed).
@@ -211,7 +213,7 @@ def _build_backbone(config: PretrainConfig) -> Backbone:
 
 
 def _image_paths(data: Path, split: str | None) -> list[Path]:
-    from featkit.data import discover
+    from featkit.data.images import discover
 
     dataset = discover(data)
     records = [r for r in dataset.records if split is None or r.split == split]

@@ -29,14 +29,14 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from featkit.errors import FeatkitError
-from featkit.imbalance import (
+from featkit.protocols.base import Protocol, softmax
+from featkit.protocols.imbalance import (
     DEFAULT_BETA,
     DEFAULT_TAU,
     adjust_logits,
     class_balanced_weights,
     log_prior_offsets,
 )
-from featkit.protocols.base import Protocol, softmax
 from featkit.protocols.registry import create_protocol, get_protocol_class, register_protocol
 
 

@@ -4,7 +4,7 @@ Features are L2-normalised; each test image takes its ``k`` most cosine-similar
 training images (``k`` clipped to the training size) and each neighbour votes for its
 class with weight ``exp(sim / T)``. Defaults ``k = 20``, ``T = 0.07`` as in DINO's
 ``eval_knn.py`` and DINOv2/v3's ``eval/knn.py``. Neighbours come from
-:class:`featkit.neighbors.NeighborIndex`: exact faiss inner-product search at every
+:class:`featkit.neighbors.search.NeighborIndex`: exact faiss inner-product search at every
 size, queried in blocks (memory ``q × k``, never train × test). An approximate index
 (``index="ivf"`` or ``"hnsw"``) is used only when asked for; its recall@k against
 exact search, measured at fit time on up to :data:`RECALL_QUERIES` training rows used
@@ -82,7 +82,7 @@ class KNN(Protocol):
         return self
 
     def _build(self) -> None:
-        from featkit.neighbors import NeighborIndex
+        from featkit.neighbors.search import NeighborIndex
 
         with threads_for(self.train_features_.size):
             self._index = NeighborIndex(kind=self.index).fit(self.train_features_)
@@ -93,7 +93,7 @@ class KNN(Protocol):
         """recall@k of the approximate index against exact search on spread training rows."""
         import faiss
 
-        from featkit.neighbors import recall_at_k
+        from featkit.neighbors.search import recall_at_k
 
         n = self.train_features_.shape[0]
         queries = self.train_features_[np.linspace(0, n - 1, min(n, RECALL_QUERIES)).astype(int)]
@@ -110,7 +110,7 @@ class KNN(Protocol):
         return params
 
     def _index_kind(self) -> str:
-        from featkit.neighbors import resolve_kind
+        from featkit.neighbors.search import resolve_kind
 
         return resolve_kind(self.index, self.train_features_.shape[0])
 

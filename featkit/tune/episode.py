@@ -18,8 +18,8 @@ from torch import Tensor
 
 from featkit.backbones import Backbone
 from featkit.errors import FeatkitError
-from featkit.imbalance import DEFAULT_BETA, DEFAULT_TAU
 from featkit.progress import SILENT, Progress
+from featkit.protocols.imbalance import DEFAULT_BETA, DEFAULT_TAU
 from featkit.tune.head import ClsOnly, fold_into, fold_norm, norm_from, train_head
 from featkit.tune.images import Augment, ImageSet
 from featkit.tune.losses import check_loss, make_loss
@@ -83,7 +83,7 @@ class FinetuneSettings:
 
     def params(self) -> str:
         """Canonical ``key=value;…`` of the settings that change results (not device)."""
-        from featkit.results import canonical_params
+        from featkit.results.io import canonical_params
 
         items: dict[str, Any] = {"loss": self.loss, "lr": self.learning_rate}
         if self.method == "lora":

@@ -44,7 +44,7 @@ def load_images(
     from torchvision import transforms
     from torchvision.transforms.functional import pil_to_tensor
 
-    from featkit.data import load_image
+    from featkit.data.images import load_image
 
     mode = transforms.InterpolationMode(preprocessing.interpolation)
     shrink = transforms.Resize(preprocessing.resize, interpolation=mode)

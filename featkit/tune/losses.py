@@ -1,7 +1,7 @@
 """Training losses for small, imbalanced sets: plain, class-balanced, logit-adjusted.
 
 Built from the per-class training counts of one episode. The class weights and prior
-offsets are :mod:`featkit.imbalance`'s, shared with the ``balanced`` probe, so a tuned
+offsets are :mod:`featkit.protocols.imbalance`'s, shared with the ``balanced`` probe, so a tuned
 model and a probe correct for imbalance with the same numbers. References: Cui et al.
 2019 (effective number of samples); Menon et al. 2021 (logit adjustment).
 """
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from featkit.errors import FeatkitError
-from featkit.imbalance import (
+from featkit.protocols.imbalance import (
     DEFAULT_BETA,
     DEFAULT_TAU,
     class_balanced_weights,

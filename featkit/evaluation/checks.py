@@ -1,0 +1,104 @@
+"""Checks of the data a probe evaluates: labels, finite features, test-class sizes, and
+that stores compared side by side hold the same images."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from featkit.errors import FeatkitError
+
+if TYPE_CHECKING:
+    from featkit.evaluation.probe import EvalData, ProbeSettings
+    from featkit.evaluation.splits import Episode
+
+log = logging.getLogger("featkit")
+
+# Below this many test images a class's recall moves in steps of 20 points or more.
+MIN_TEST_IMAGES = 5
+
+
+def _class_name(data: EvalData, label: int) -> str:
+    if 0 <= label < len(data.label_names):
+        return data.label_names[label]
+    return str(label)
+
+
+def check_data(data: EvalData, settings: ProbeSettings) -> None:
+    where = f"store {data.store}" if data.store else f"{data.dataset}/{data.model}"
+    names = [spec.name for spec in settings.protocols]
+    if not names:
+        raise FeatkitError("--protocols: expected at least one protocol, got none")
+    if not np.any(np.asarray(data.labels) >= 0):
+        raise FeatkitError(
+            f"{where}: expected labels for protocol(s) {', '.join(dict.fromkeys(names))}, "
+            "got none (every image is unlabelled); extract a labelled folder or import a "
+            "labels CSV"
+        )
+    for kind in settings.features:
+        X = data.features.get(kind)
+        if X is None:
+            raise FeatkitError(f"{where}: expected feature kind {kind!r}, it is not available")
+        bad = ~np.isfinite(X).all(axis=1)
+        if bad.any():
+            first = data.paths[int(np.flatnonzero(bad)[0])]
+            raise FeatkitError(
+                f"{where}: expected finite {kind} features, got NaN/inf in {int(bad.sum())} "
+                f"image(s) (e.g. {first}); extract them again or remove them"
+            )
+
+
+def warn_small_test_classes(data: EvalData, draws: Sequence[Episode]) -> None:
+    if not draws:
+        return
+    y_test = np.asarray(data.labels)[draws[0].test]
+    classes, counts = np.unique(y_test, return_counts=True)
+    small = [(int(n), _class_name(data, int(c))) for c, n in zip(classes, counts, strict=True)]
+    small = sorted(item for item in small if item[0] < MIN_TEST_IMAGES)
+    if small:
+        listed = ", ".join(f"{c!r} ({n})" for n, c in small[:5])
+        log.warning(
+            "%s/%s: %d class(es) have fewer than %d test images (%s): their recall moves "
+            "in steps of 20 points or more; the intervals include this test-set variance",
+            data.dataset,
+            data.model,
+            len(small),
+            MIN_TEST_IMAGES,
+            listed,
+        )
+
+
+_ROW_NUMBER = re.compile(r"\d{6,}")
+
+
+def check_same_images(
+    data: EvalData,
+    path: Path,
+    seen: dict[str, tuple[frozenset[str], Path]],
+    allow_different_images: bool,
+) -> None:
+    """Refuse two stores of one dataset with different images; warn on row-number paths."""
+    if data.paths and all(_ROW_NUMBER.fullmatch(p) for p in data.paths):
+        log.warning(
+            "store %s: images are named by row number (imported without a 'path' column): "
+            "its train/test split follows row order, so it matches another store's split "
+            "only if both list the same images in the same order; add a 'path' (or id) "
+            "column to the labels CSV to compare stores safely",
+            path,
+        )
+    paths = frozenset(data.paths)
+    first = seen.setdefault(data.dataset, (paths, path))
+    if first[0] != paths and not allow_different_images:
+        only_here = len(paths - first[0])
+        only_there = len(first[0] - paths)
+        raise FeatkitError(
+            f"store {path}: expected the images of store {first[1]} (same dataset "
+            f"{data.dataset!r}), got {only_here} image(s) it lacks and {only_there} missing; "
+            "models compared side by side must see the same test images "
+            "(--allow-different-images to evaluate them anyway)"
+        )
