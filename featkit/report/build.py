@@ -33,12 +33,11 @@ from featkit.report.table import (  # re-exported: the report's public names
     ComparisonTable,
     comparison_table,
 )
+from featkit.results.io import CONFIG_COLUMNS as GROUP_COLUMNS
 from featkit.workspace import find_stores, report_dir, results_dir, safe_name
 
 logger = logging.getLogger("featkit")
 
-# The columns that identify one evaluated configuration (everything but episode/value).
-GROUP_COLUMNS = ("dataset", "model", "feature", "protocol", "params", "shots")
 # ---------------------------------------------------------------------------------------
 # Reading
 

@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 from featkit.errors import FeatkitError
 from featkit.evaluation.splits import shots_sort_key
 from featkit.metrics import mcnemar, paired_bootstrap_balanced
+from featkit.results.io import CONFIG_COLUMNS as GROUP_COLUMNS
 
 # Shown where a method was not run at a shot count (k-means only runs at 0 shots).
 MISSING = "–"
@@ -220,9 +221,6 @@ _LATEX_SPECIAL = {
 
 def _latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
-
-
-GROUP_COLUMNS = ("dataset", "model", "feature", "protocol", "params", "shots")
 
 
 @dataclass(frozen=True)

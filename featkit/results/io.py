@@ -52,13 +52,10 @@ from featkit.workspace import results_dir
 # Fine-tune rows name their protocol finetune-<method> (featkit.tune.episode).
 FINETUNE_PREFIX = "finetune-"
 
+# One experimental configuration; its episodes are summarised together.
+CONFIG_COLUMNS = ("dataset", "model", "feature", "protocol", "params", "shots")
 RESULT_COLUMNS = (
-    "dataset",
-    "model",
-    "feature",
-    "protocol",
-    "params",
-    "shots",
+    *CONFIG_COLUMNS,
     "episode",
     "metric",
     "value",
@@ -80,8 +77,6 @@ RESULT_COLUMNS = (
     "seconds",
     "peak_mb",
 )
-# One experimental configuration; its episodes are summarised together.
-CONFIG_COLUMNS = ("dataset", "model", "feature", "protocol", "params", "shots")
 GROUP_COLUMNS = (*CONFIG_COLUMNS, "metric")
 # ci95_low/high include the test-set variance; the *_episodes pair is the interval over
 # episodes alone (the support sampling), kept so both can be read apart.
@@ -99,12 +94,7 @@ SUMMARY_COLUMNS = (
     "n_test",
 )
 PER_CLASS_COLUMNS = (
-    "dataset",
-    "model",
-    "feature",
-    "protocol",
-    "params",
-    "shots",
+    *CONFIG_COLUMNS,
     "episode",
     "class",
     "n_train",
@@ -112,19 +102,7 @@ PER_CLASS_COLUMNS = (
     "recall",
     "run_id",
 )
-CONFUSION_COLUMNS = (
-    "dataset",
-    "model",
-    "feature",
-    "protocol",
-    "params",
-    "shots",
-    "episode",
-    "true",
-    "pred",
-    "count",
-    "run_id",
-)
+CONFUSION_COLUMNS = (*CONFIG_COLUMNS, "episode", "true", "pred", "count", "run_id")
 
 RESULTS_FILE = "results.csv"
 SUMMARY_FILE = "summary.csv"
