@@ -11,10 +11,10 @@ intra-op thread each instead of two), so expect no speed-up there: the point is 
 the split is correct; the speed-up comes with more cores, GPUs or nodes.
 
 (b) writes a store-shaped HDF5 file of ``rows × dim`` float16 embeddings
-(:func:`featkit.neighbors.search.clustered_embeddings`, 1000 classes) in blocks, then runs a
+(:func:`featkit.neighbors.recall.clustered_embeddings`, 1000 classes) in blocks, then runs a
 k-NN evaluation — the last ``queries`` rows against all the others, weighted votes
 ``exp(sim / 0.07)`` of the top ``k`` — once with exact search and once with the IVF
-index, with :func:`featkit.neighbors.search.streamed_exact_search` (exact, the database read
+index, with :func:`featkit.neighbors.exact.streamed_exact_search` (exact, the database read
 block by block, never held) and with plain faiss (the rows loaded into an
 ``IndexFlatIP``, one ``search`` call: the baseline), each in a fresh process so that
 its peak RSS is its own. Reports rows/s, queries/s and peak RSS, and for each mode the
@@ -133,7 +133,7 @@ def write_store(path: Path, rows: int, dim: int, block: int = 50_000) -> float:
     """Write ``rows × dim`` float16 embeddings and their labels block by block; seconds."""
     import h5py
 
-    from featkit.neighbors.search import clustered_embeddings
+    from featkit.neighbors.recall import clustered_embeddings
 
     started = time.perf_counter()
     with h5py.File(path, "w") as h5:
@@ -164,7 +164,8 @@ def knn_child(args: argparse.Namespace) -> None:
     import faiss
     import h5py
 
-    from featkit.neighbors.search import NeighborIndex, streamed_exact_search
+    from featkit.neighbors.exact import streamed_exact_search
+    from featkit.neighbors.search import NeighborIndex
     from featkit.protocols.knn import weighted_votes
 
     if args.threads:
@@ -226,7 +227,7 @@ def knn_child(args: argparse.Namespace) -> None:
 
 
 def bench_knn(args: argparse.Namespace) -> dict[str, Any]:
-    from featkit.neighbors.search import recall_at_k
+    from featkit.neighbors.recall import recall_at_k
 
     work = Path(tempfile.mkdtemp(prefix="featkit-knn-", dir=args.tmp))
     try:

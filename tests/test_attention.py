@@ -10,13 +10,8 @@ import timm
 import torch
 
 from featkit.errors import FeatkitError
-from featkit.viz.attention import (
-    attention_masks,
-    compute_attention,
-    map_point,
-    pca_rgb,
-    point_similarity,
-)
+from featkit.viz.attention import attention_masks, compute_attention
+from featkit.viz.patches import map_point, pca_rgb, point_similarity
 from tests.test_plots import assert_real_png
 
 SIZE, PATCH = 64, 16  # a 4x4 patch grid

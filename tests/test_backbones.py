@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import featkit.backbones as backbones_package
 from featkit.backbones import (
     HUB_MODELS,
     Backbone,
@@ -17,6 +20,8 @@ from featkit.backbones import (
     create_backbone,
     list_backbones,
     register_backbone,
+    register_scheme,
+    registry,
 )
 from featkit.errors import FeatkitError
 
@@ -297,3 +302,51 @@ def test_square_resize_keeps_the_whole_image() -> None:
     x = p.transform()(Image.fromarray(img))
     assert x.shape == (3, 28, 28) and float(x[0, :, 0].min()) == 1.0
     assert float(x[0, :, 4:].max()) == 0.0
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every featkit module a file imports, at any depth (deferred imports too)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return {m for m in found if m.startswith("featkit")}
+
+
+def test_registry_imports_no_family_and_families_skip_the_package() -> None:
+    folder = Path(backbones_package.__file__).parent
+    allowed = {"featkit.backbones.base", "featkit.errors"}
+    assert _imported_modules(folder / "registry.py") <= allowed
+    for family in ("hub", "timm_models", "hf", "pixels", "tiny_dino", "official"):
+        # Importing the package from a family would run the package's imports in a circle.
+        assert "featkit.backbones" not in _imported_modules(folder / f"{family}.py"), family
+
+
+def test_register_scheme_routes_a_prefix_and_guards_names(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(registry, "_SCHEMES", dict(registry._SCHEMES))
+    monkeypatch.setattr(registry, "_SCHEME_USAGE", dict(registry._SCHEME_USAGE))
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    seen: dict[str, object] = {}
+
+    def factory(name: str, target: str, **options: object) -> Backbone:
+        seen.update(options, name=name, target=target)
+        return create_backbone(
+            "timm:vit_tiny_patch16_224", pretrained=False, image_size=32, model_kwargs=TINY
+        )
+
+    register_scheme("test:", factory, usage="test:<anything>")
+    b = create_backbone("test:some/thing", pretrained=False, image_size=32)
+    assert not b.training
+    assert seen["name"] == "test:some/thing" and seen["target"] == "some/thing"
+    assert seen["transform"] == "processor" and seen["image_size"] == 32
+    with pytest.raises(ValueError, match="may not start"):
+        register_backbone("test:x")
+    register_backbone("hide:me")(factory)
+    with pytest.raises(ValueError, match="would hide"):
+        register_scheme("hide:", factory)
+    with pytest.raises(ValueError, match="ends with"):
+        register_scheme("nocolon", factory)
+    with pytest.raises(FeatkitError, match="test:<anything>"):
+        create_backbone("no-such-model", pretrained=False)

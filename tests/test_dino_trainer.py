@@ -12,8 +12,9 @@ import torch
 from safetensors import safe_open
 
 from featkit.backbones import create_backbone
+from featkit.dino import PretrainConfig, pretrain, state_path
 from featkit.dino.multicrop import MultiCrop, MultiCropConfig
-from featkit.dino.trainer import DINOTrainer, PretrainConfig, pretrain, state_path
+from featkit.dino.trainer import DINOTrainer
 from featkit.errors import FeatkitError
 from tests.helpers import digits_folder
 

@@ -12,17 +12,14 @@ import numpy as np
 import pytest
 
 from featkit.errors import FeatkitError
-from featkit.neighbors.search import (
+from featkit.neighbors.blocks import normalize_rows, spread_sample
+from featkit.neighbors.recall import (
     DOCUMENTED_IVF_RECALL,
-    NeighborIndex,
     clustered_embeddings,
-    default_nlist,
     measure_recall,
-    normalize_rows,
     recall_at_k,
-    resolve_kind,
-    spread_sample,
 )
+from featkit.neighbors.search import NeighborIndex, default_nlist, resolve_kind
 
 
 @pytest.fixture(autouse=True)
@@ -228,7 +225,7 @@ def test_knn_records_its_index_and_an_approximate_index_s_recall() -> None:
 
 def test_streamed_exact_search_equals_brute_force_from_hdf5(tmp_path: Path) -> None:
     """Bounded-memory exact search reads the store in blocks and finds the true top-k."""
-    from featkit.neighbors.search import streamed_exact_search
+    from featkit.neighbors.exact import streamed_exact_search
 
     x, _ = clustered_embeddings(3000, 24, n_clusters=20, seed=7)
     q, _ = clustered_embeddings(50, 24, n_clusters=20, seed=7, start=99)

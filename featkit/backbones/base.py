@@ -1,19 +1,16 @@
-"""The backbone contract and the registry: a name → a frozen feature extractor.
+"""The backbone contract: what every family returns and how images become its input.
 
 Every backbone returns the CLS token and the patch grid after the final norm, taking
 the CLS token explicitly (timm's DINOv3 pools by average by default) and leaving the
-register tokens out of the grid. Families live in their own modules and register here.
+register tokens out of the grid. Families live in their own modules and register their
+names in :mod:`featkit.backbones.registry`.
 """
 
 from __future__ import annotations
 
 import difflib
-import fnmatch
-import functools
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -24,7 +21,6 @@ from featkit.errors import FeatkitError
 if TYPE_CHECKING:
     from PIL import Image
 
-logger = logging.getLogger("featkit")
 
 # DINO's eval recipe resizes the shorter side to crop / 0.875 (256 for 224) before the crop.
 DINO_CROP_PCT = 0.875
@@ -227,122 +223,6 @@ class Backbone(nn.Module):
         layers = self.final_norm(torch.stack(seen[:-1], dim=1)).to(out.cls.dtype)
         # The last block's CLS is the forward's own, so cls<n> ends with exactly `cls`.
         return out, torch.cat([layers, out.cls[:, None]], dim=1)
-
-
-# --------------------------------------------------------------------------- registry
-
-BackboneFactory = Callable[..., Backbone]
-"""``factory(name, *, weights, image_size, pretrained, model_kwargs, device,
-local_files_only, **more) -> Backbone``; accept ``**more`` so new options don't break it."""
-
-_REGISTRY: dict[str, BackboneFactory] = {}
-_PREFIXES = ("timm:", "hf:")
-# featkit modules that register extra backbones when imported; imported on first use
-# so that they can import this module without a cycle.
-_PLUGIN_MODULES = ("featkit.backbones.pixels", "featkit.backbones.tiny_dino")
-
-
-@functools.cache
-def _load_plugins() -> None:
-    import importlib
-
-    for module in _PLUGIN_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name != module:  # a missing dependency inside the plugin is a real error
-                raise
-
-
-def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
-    """Decorator registering ``factory`` under ``name`` (see :data:`BackboneFactory`)."""
-    if name.startswith(_PREFIXES):
-        raise ValueError(f"backbone names may not start with {_PREFIXES}: {name!r}")
-
-    def decorator(factory: BackboneFactory) -> BackboneFactory:
-        _REGISTRY[name] = factory
-        return factory
-
-    return decorator
-
-
-def list_backbones(pattern: str = "*") -> list[str]:
-    """Registered names matching the fnmatch ``pattern``, sorted.
-
-    ``timm:`` and ``hf:`` names are open-ended and not listed.
-    """
-    _load_plugins()
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
-
-
-def create_backbone(
-    name: str,
-    weights: str | Path | None = None,
-    image_size: int | None = None,
-    pretrained: bool = True,
-    *,
-    model_kwargs: dict[str, Any] | None = None,
-    device: str | torch.device | None = None,
-    local_files_only: bool = False,
-    transform: str = "processor",
-) -> Backbone:
-    """Build a backbone in eval mode by name.
-
-    ``name``: a registered name (``dinov2_vits14``, see :func:`list_backbones`),
-    ``timm:<timm model name>`` or ``hf:<hub id or local folder>``.
-    ``weights``: a local checkpoint (.pth/.pt/.bin/.safetensors; timm layout, official
-    DINO/DINOv2/DINOv3 release layout, or a training checkpoint wrapping one). Without
-    it, ``pretrained=True`` downloads the hub weights (or finds them in the cache) and
-    ``pretrained=False`` gives random init.
-    ``image_size``: input side, a multiple of the patch size (default 224 for hub
-    names, the model's own size otherwise); position embeddings are interpolated.
-    ``model_kwargs``: passed to ``timm.create_model`` / the transformers config (tiny
-    depth or width in tests). ``device="meta"`` builds without allocating memory.
-    ``local_files_only``: never touch the network for hub weights.
-    ``transform``: for ``hf:`` names, "processor" follows the model's processor config
-    and "family" the DINO evaluation recipe; other names always use their family's.
-    """
-    if image_size is not None and (not isinstance(image_size, int) or image_size <= 0):
-        raise FeatkitError(f"image size must be a positive integer, got {image_size!r}")
-    if transform not in ("processor", "family"):
-        raise FeatkitError(f"transform: expected processor or family, got {transform!r}")
-    if device is not None and torch.device(device).type == "meta" and (pretrained or weights):
-        raise FeatkitError(
-            f"{name}: a meta-device backbone has no weights; pass pretrained=False and no weights"
-        )
-    options: dict[str, Any] = dict(
-        weights=weights,
-        image_size=image_size,
-        pretrained=pretrained,
-        model_kwargs=model_kwargs,
-        device=device,
-        local_files_only=local_files_only,
-    )
-    if name.startswith("timm:"):
-        from featkit.backbones.timm_models import create_timm
-
-        backbone = create_timm(name, name.removeprefix("timm:"), **options)
-    elif name.startswith("hf:"):
-        from featkit.backbones.hf import create_hf_backbone
-
-        backbone = create_hf_backbone(
-            name, name.removeprefix("hf:"), transform=transform, **options
-        )
-    else:
-        _load_plugins()
-        factory = _REGISTRY.get(name)
-        from featkit.backbones.hub import UNSUPPORTED_MODELS
-
-        if name in UNSUPPORTED_MODELS:
-            raise FeatkitError(f"{name} is not supported: {UNSUPPORTED_MODELS[name]}")
-        if factory is None:
-            raise FeatkitError(
-                f"unknown model {name!r}; expected a name from list_backbones() (featkit "
-                f"models), timm:<timm name> or hf:<hub id or folder>"
-                f"{_suggest(name, list_backbones())}"
-            )
-        backbone = factory(name, **options)
-    return backbone.eval()
 
 
 # --------------------------------------------------------------------------- helpers

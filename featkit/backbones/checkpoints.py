@@ -96,21 +96,27 @@ def model_kwargs_from_metadata(path: Path) -> dict[str, Any]:
 
 
 def save_safetensors(
-    model: nn.Module, path: str | Path, model_kwargs: Mapping[str, Any] | None = None
+    model: nn.Module,
+    path: str | Path,
+    model_kwargs: Mapping[str, Any] | None = None,
+    *,
+    extra_metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``model``'s state dict as .safetensors, atomically, with its architecture kwargs.
 
     ``model_kwargs`` (JSON-able: depth, embed_dim, ...) are stored as metadata so that
-    ``create_backbone("timm:ARCH", weights=path)`` rebuilds the same architecture.
+    ``create_backbone("timm:ARCH", weights=path)`` rebuilds the same architecture;
+    ``extra_metadata`` adds more string entries (how the file was made).
     """
-
     from safetensors.torch import save_file
 
     target = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    metadata = {MODEL_KWARGS_KEY: json.dumps(dict(model_kwargs))} if model_kwargs else None
+    metadata = dict(extra_metadata or {})
+    if model_kwargs:
+        metadata[MODEL_KWARGS_KEY] = json.dumps(dict(model_kwargs), sort_keys=True)
     with atomic_path(target) as tmp:  # a crash leaves the old file or the new one
-        save_file(state, str(tmp), metadata=metadata)
+        save_file(state, str(tmp), metadata=metadata or None)
     return target
 
 

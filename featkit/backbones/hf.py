@@ -19,15 +19,17 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from featkit.backbones import (
+import featkit.backbones.checkpoints as checkpoints
+from featkit.backbones.base import (
     HUB_IMAGE_SIZE,
     IMAGENET_MEAN,
     IMAGENET_STD,
     Backbone,
     Preprocessing,
     _check_image_size,
-    checkpoints,
+    _triple,
 )
+from featkit.backbones.registry import TRANSFORMS, register_scheme
 from featkit.errors import FeatkitError
 
 logger = logging.getLogger("featkit")
@@ -175,8 +177,6 @@ def _lora_targets(model: nn.Module) -> tuple[str, ...]:
     raise FeatkitError(f"cannot find the attention projections of {type(model).__name__}")
 
 
-# What ``transform=`` accepts: the processor's own recipe, or the DINO family evaluation one.
-TRANSFORMS = ("processor", "family")
 V1_NOTICE = (
     "{name}: its processor normalises with mean/std 0.5, the ViTImageProcessor default, but "
     "DINO v1 was trained with ImageNet statistics; using those (transform='family' gives "
@@ -223,10 +223,7 @@ def _preprocessing(
 
 
 def _triple_or(values: Any, default: tuple[float, float, float]) -> tuple[float, float, float]:
-    if not values:
-        return default
-    a, b, c = (float(v) for v in values)
-    return (a, b, c)
+    return _triple(values) if values else default
 
 
 def _read_processor_config(src: str, offline: bool) -> dict[str, Any]:
@@ -298,3 +295,6 @@ def _unavailable(name: str, source: str, is_local: bool, what: str) -> str:
         f"download them on a machine with a network, or pass a local folder as hf:FOLDER "
         f"or a checkpoint with --weights FILE"
     )
+
+
+register_scheme("hf:", create_hf_backbone, usage="hf:<hub id or folder>")

@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from featkit.backbones.base import HUB_IMAGE_SIZE, Backbone, _check_image_size, register_backbone
-from featkit.backbones.timm_models import StateDict, create_timm
+from featkit.backbones.base import HUB_IMAGE_SIZE, Backbone, _check_image_size
+from featkit.backbones.registry import register_backbone, register_unsupported
+from featkit.backbones.timm_models import StateDict, create_timm, hub_file
+from featkit.errors import FeatkitError
 
 
 @dataclass(frozen=True)
@@ -141,21 +143,14 @@ def _create_hub(name: str, *, spec: HubModel, **options: Any) -> Backbone:
 
 for _hub_name, _spec in HUB_MODELS.items():
     register_backbone(_hub_name)(functools.partial(_create_hub, spec=_spec))
+for _name, _reason in UNSUPPORTED_MODELS.items():
+    register_unsupported(_name, _reason)
 
 
 def cached_weights(name: str) -> Path | None:
     """The hub weight file of ``name`` if it is already on this machine (never downloads)."""
-    import timm
-
-    from featkit.backbones import checkpoints
-    from featkit.errors import FeatkitError
-
-    spec = HUB_MODELS[name]
-    cfg = timm.models.get_pretrained_cfg(spec.arch)
     try:
-        return checkpoints.hub_weights_file(
-            name, cfg.to_dict() if cfg is not None else {}, local_files_only=True
-        )
+        return hub_file(name, HUB_MODELS[name].arch, local_files_only=True)
     except FeatkitError:
         return None
 

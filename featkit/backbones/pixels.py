@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from featkit.backbones import Backbone, Preprocessing, register_backbone
+from featkit.backbones.base import Backbone, Preprocessing
+from featkit.backbones.registry import register_backbone
 from featkit.errors import FeatkitError
 
 NAME = "pixels"

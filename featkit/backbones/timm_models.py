@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+import featkit.backbones.checkpoints as checkpoints
 from featkit.backbones.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -23,6 +24,7 @@ from featkit.backbones.base import (
     _square,
     _suggest,
 )
+from featkit.backbones.registry import register_scheme
 from featkit.errors import FeatkitError
 
 StateDict = dict[str, Tensor]
@@ -70,8 +72,6 @@ def create_timm(
     """
     import timm
 
-    from featkit.backbones import checkpoints
-
     if not timm.is_model(arch):
         known = timm.list_models() + timm.list_models(pretrained=True)
         raise FeatkitError(
@@ -85,10 +85,7 @@ def create_timm(
     elif pretrained:
         # Resolve the hub file before building: offline, the error comes at once, not
         # after a minute spent initialising a large model.
-        cfg = timm.models.get_pretrained_cfg(arch)
-        path = checkpoints.hub_weights_file(
-            name, cfg.to_dict() if cfg is not None else {}, local_files_only=local_files_only
-        )
+        path = hub_file(name, arch, local_files_only=local_files_only)
     # The architecture may depend on the file (DINOv3 q/v biases), so read it first.
     state = checkpoints.read_state_dict(path) if path is not None else None
     if kwargs_from_state is not None:
@@ -139,9 +136,19 @@ def create_timm(
     )
 
 
+def hub_file(name: str, arch: str, *, local_files_only: bool) -> Path:
+    """The hub weight file of timm's ``arch`` (downloaded unless ``local_files_only``)."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(arch)
+    return checkpoints.hub_weights_file(
+        name, cfg.to_dict() if cfg is not None else {}, local_files_only=local_files_only
+    )
+
+
 def _pos_embed_rule(model: Any, family: str | None) -> str:
     """Switch ``model`` to the family's official rule; the rule's name for the record."""
-    from featkit.backbones import official
+    import featkit.backbones.official as official  # it imports timm
 
     if family is not None:
         rule = official.POS_EMBED_RULES[family]
@@ -150,3 +157,12 @@ def _pos_embed_rule(model: Any, family: str | None) -> str:
     if getattr(model, "pos_embed", None) is None:
         return official.ROPE_RULE
     return official.TIMM_RULE
+
+
+def _create_timm_name(name: str, arch: str, *, transform: str, **options: Any) -> Backbone:
+    # A timm name always uses the DINO evaluation recipe with the weights' statistics:
+    # timm models carry no processor config for ``transform`` to choose.
+    return create_timm(name, arch, **options)
+
+
+register_scheme("timm:", _create_timm_name, usage="timm:<timm name>")

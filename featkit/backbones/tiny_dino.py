@@ -17,7 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from featkit.backbones import Backbone, create_backbone, register_backbone
+from featkit.backbones.base import Backbone
+from featkit.backbones.registry import create_backbone, register_backbone
 from featkit.errors import FeatkitError
 
 NAME = "featkit-tiny-dino"

@@ -81,7 +81,7 @@ def attention(
     import torch
 
     from featkit.backbones import create_backbone
-    from featkit.viz.attention import AttentionSettings, write_attention_maps
+    from featkit.viz.attention_pictures import AttentionSettings, write_attention_maps
 
     missing = [p for p in images if not p.is_file()]
     if missing:
@@ -92,7 +92,7 @@ def attention(
     if settings.point is not None:
         from PIL import Image
 
-        from featkit.viz.attention import check_point
+        from featkit.viz.patches import check_point
 
         # Fail before the (slow) model is built: image headers give the sizes.
         for path in images:

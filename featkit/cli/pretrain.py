@@ -145,7 +145,7 @@ def pretrain_command(
         featkit pretrain data/cells --arch timm:vit_small_patch16_224 --epochs 100 --resume
     """
     from featkit.data.images import discover
-    from featkit.dino.trainer import PretrainConfig, pretrain, state_path
+    from featkit.dino import PretrainConfig, pretrain, state_path
     from featkit.errors import FeatkitError
     from featkit.workspace import safe_name
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+from numpy.typing import NDArray
 
 from featkit.errors import FeatkitError
 
 if TYPE_CHECKING:
-    from featkit.evaluation.probe import EvalData, ProbeSettings
     from featkit.evaluation.splits import Episode
 
 log = logging.getLogger("featkit")
@@ -23,13 +23,44 @@ log = logging.getLogger("featkit")
 MIN_TEST_IMAGES = 5
 
 
-def _class_name(data: EvalData, label: int) -> str:
+# What the checks read, as structural types: the probe's EvalData and ProbeSettings fit
+# them, and this module stays below the probe instead of importing it back.
+class CheckedData(Protocol):
+    @property
+    def dataset(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def store(self) -> str: ...
+    @property
+    def paths(self) -> Sequence[str]: ...
+    @property
+    def labels(self) -> NDArray[np.int64]: ...
+    @property
+    def label_names(self) -> Sequence[str]: ...
+    @property
+    def features(self) -> Mapping[str, NDArray[np.float32]]: ...
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class CheckedSettings(Protocol):
+    @property
+    def protocols(self) -> Sequence[_Named]: ...
+    @property
+    def features(self) -> Sequence[str]: ...
+
+
+def _class_name(data: CheckedData, label: int) -> str:
     if 0 <= label < len(data.label_names):
         return data.label_names[label]
     return str(label)
 
 
-def check_data(data: EvalData, settings: ProbeSettings) -> None:
+def check_data(data: CheckedData, settings: CheckedSettings) -> None:
     where = f"store {data.store}" if data.store else f"{data.dataset}/{data.model}"
     names = [spec.name for spec in settings.protocols]
     if not names:
@@ -53,7 +84,7 @@ def check_data(data: EvalData, settings: ProbeSettings) -> None:
             )
 
 
-def warn_small_test_classes(data: EvalData, draws: Sequence[Episode]) -> None:
+def warn_small_test_classes(data: CheckedData, draws: Sequence[Episode]) -> None:
     if not draws:
         return
     y_test = np.asarray(data.labels)[draws[0].test]
@@ -77,7 +108,7 @@ _ROW_NUMBER = re.compile(r"\d{6,}")
 
 
 def check_same_images(
-    data: EvalData,
+    data: CheckedData,
     path: Path,
     seen: dict[str, tuple[frozenset[str], Path]],
     allow_different_images: bool,

@@ -26,9 +26,10 @@ Approximate indexes and their settings (faiss names in brackets):
     the lists, and returns the same neighbours. The k-means is trained on
     ``train_rows`` rows (default ``min(N, 64 · nlist)``) read as evenly spread
     contiguous slices, so a store sorted by class still trains on every class.
-    Documented figure: recall@20 ≥ :data:`DOCUMENTED_IVF_RECALL` against exact search
-    on the clustered synthetic set of ``tests/test_neighbors.py`` and
-    ``benchmarks/scale.py``; measure it on your data with :func:`measure_recall`
+    Documented figure: recall@20 ≥
+    :data:`featkit.neighbors.recall.DOCUMENTED_IVF_RECALL` against exact search on the
+    clustered synthetic set of ``tests/test_neighbors.py`` and ``benchmarks/scale.py``;
+    measure it on your data with :func:`featkit.neighbors.recall.measure_recall`
     and raise ``nprobe`` if it is too low.
 ``hnsw`` (``IndexHNSWFlat``)
     a graph index with ``hnsw_m`` links per node (default 32), built with
@@ -46,34 +47,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 
 from featkit.errors import FeatkitError
+from featkit.neighbors.blocks import (
+    MatrixLike,
+    best_k,
+    descending,
+    normalize_rows,
+    row_blocks,
+    spread_sample,
+)
 from featkit.progress import SILENT, Progress
 
 IndexKind = Literal["auto", "exact", "ivf", "hnsw"]
 KINDS: tuple[str, ...] = ("auto", "exact", "ivf", "hnsw")
-
-#: recall@20 that the default IVF settings reach on the clustered synthetic sets of
-#: the tests and the benchmark (measured values are in docs/performance.md).
-DOCUMENTED_IVF_RECALL = 0.95
 
 #: Queries per IVF search block (its candidate buffer is block × nprobe × k).
 IVF_QUERY_BLOCK = 4096
 
 #: faiss warns (on stderr) when a centroid gets fewer training points than this.
 _MIN_POINTS_PER_CENTROID = 39
-
-
-class MatrixLike(Protocol):
-    """A 2-D array read by row slices: a numpy array or an ``h5py.Dataset``."""
-
-    @property
-    def shape(self) -> tuple[int, ...]: ...
-
-    def __getitem__(self, key: Any) -> Any: ...
 
 
 def resolve_kind(kind: str, n_rows: int) -> str:
@@ -87,51 +83,6 @@ def default_nlist(n_rows: int) -> int:
     """Inverted lists for ``n_rows`` rows: the power of two nearest sqrt(N), ≤ N / 39."""
     nlist = 2 ** round(math.log2(max(1.0, math.sqrt(n_rows))))
     return int(max(1, min(nlist, n_rows // _MIN_POINTS_PER_CENTROID)))
-
-
-def normalize_rows(block: np.ndarray) -> np.ndarray:
-    """``block`` [b, D] (any float dtype) as float32 rows of unit L2 norm (zero rows stay 0)."""
-    x = np.array(block, dtype=np.float32, copy=True, order="C")
-    if x.ndim != 2:
-        raise FeatkitError(f"features: expected a 2-D array [rows, dim], got shape {x.shape}")
-    squares = np.einsum("ij,ij->i", x, x)  # a NaN or inf anywhere in a row shows up here
-    if not np.isfinite(squares).all():
-        bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
-        if bad.size:
-            raise FeatkitError(
-                f"features: expected finite values, got NaN/inf in {bad.size} row(s) of this "
-                f"block (first at block row {int(bad[0])}); leave failed images out"
-            )
-        wide = x.astype(np.float64)  # finite values whose squares overflow float32
-        squares = np.einsum("ij,ij->i", wide, wide)
-    norms = np.sqrt(squares).astype(np.float32)[:, None]
-    np.divide(x, norms, out=x, where=norms > 0)
-    return x
-
-
-def _blocks(data: MatrixLike, block_rows: int) -> Iterable[np.ndarray]:
-    """Consecutive row slices of ``data``: HDF5 reads contiguous hyperslabs, never index lists."""
-    n = int(data.shape[0])
-    for start in range(0, n, block_rows):
-        yield np.asarray(data[start : min(n, start + block_rows)])
-
-
-def spread_sample(data: MatrixLike, n_sample: int, n_chunks: int = 64) -> np.ndarray:
-    """``n_sample`` rows of ``data`` read as ``n_chunks`` evenly spaced contiguous slices.
-
-    Stores are sorted by path, hence usually by class: a prefix would train k-means on
-    a few classes only, while a fancy index of random rows is slow on HDF5.
-    """
-    n = int(data.shape[0])
-    if n_sample >= n:
-        return np.asarray(data[:])
-    n_chunks = max(1, min(n_chunks, n_sample))
-    starts = np.linspace(0, n, n_chunks, endpoint=False).astype(np.int64)
-    sizes = np.full(n_chunks, n_sample // n_chunks)
-    sizes[: n_sample % n_chunks] += 1
-    return np.concatenate(
-        [np.asarray(data[int(s) : int(s) + int(m)]) for s, m in zip(starts, sizes, strict=True)]
-    )
 
 
 class NeighborIndex:
@@ -239,7 +190,7 @@ class NeighborIndex:
         task = progress.task("index (ivf: assign, add)", 2 * n)
         try:
             start = 0
-            for block in _blocks(data, self.block_rows):
+            for block in row_blocks(data, self.block_rows):
                 x = normalize_rows(block)
                 _, nearest = self.index_.quantizer.search(x, 1)
                 assign[start : start + x.shape[0]] = nearest[:, 0]
@@ -250,7 +201,7 @@ class NeighborIndex:
                 invlists.resize(lst, int(size))
                 invlists.resize(lst, 0)  # capacity stays
             start = 0
-            for block in _blocks(data, self.block_rows):
+            for block in row_blocks(data, self.block_rows):
                 x = normalize_rows(block)
                 lists = np.ascontiguousarray(assign[start : start + x.shape[0]])
                 self.index_.add_core(x.shape[0], faiss.swig_ptr(x), None, faiss.swig_ptr(lists))
@@ -296,7 +247,7 @@ class NeighborIndex:
         blocks: Iterable[np.ndarray]
         if hasattr(data, "shape") and hasattr(data, "__getitem__"):
             matrix = cast(MatrixLike, data)
-            blocks, total = _blocks(matrix, self.block_rows), int(matrix.shape[0])
+            blocks, total = row_blocks(matrix, self.block_rows), int(matrix.shape[0])
         else:
             blocks, total = cast("Iterable[np.ndarray]", data), None
         task = progress.task(f"index ({self.kind_})", total)
@@ -345,7 +296,7 @@ class NeighborIndex:
         task = progress.task(f"search ({self.kind_})", shape[0])
         try:
             start = 0
-            for block in _blocks(queries, block_rows or self.block_rows):
+            for block in row_blocks(queries, block_rows or self.block_rows):
                 stop = start + block.shape[0]
                 sims[start:stop], idx[start:stop] = search(normalize_rows(block), k)
                 task.advance(block.shape[0])
@@ -398,127 +349,5 @@ class NeighborIndex:
             cand_s[rows[:, None], cols] = s
             cand_i[rows[:, None], cols] = ids[i]
         if nprobe > 1:
-            cand_s, cand_i = _best_k(cand_s, cand_i, k)
-        return _descending(cand_s[:, :k], cand_i[:, :k])
-
-
-def _best_k(sims: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` highest similarities of each row (unordered) with their ids."""
-    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-    return np.take_along_axis(sims, top, axis=1), np.take_along_axis(idx, top, axis=1)
-
-
-def _descending(sims: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row sorted by similarity, highest first (stable: ties keep their order)."""
-    order = np.argsort(-sims, axis=1, kind="stable")
-    return np.take_along_axis(sims, order, axis=1), np.take_along_axis(idx, order, axis=1)
-
-
-def streamed_exact_search(
-    database: MatrixLike,
-    queries: MatrixLike,
-    k: int,
-    *,
-    block_rows: int = 65_536,
-    progress: Progress = SILENT,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact cosine top-``k`` without holding the database: ``(sims [q, k], idx [q, k])``.
-
-    The database (an array or ``h5py.Dataset`` [N, D]) is read ``block_rows`` rows at a
-    time; each block is searched with faiss's BLAS kernel (``faiss.knn``) and merged into
-    the running top-``k``. Memory is the queries, one block and ``q × k`` results,
-    whatever ``N`` is; the same neighbours as :class:`NeighborIndex` ``"exact"`` (ties
-    aside), at the cost of reading the database once per call instead of holding it.
-    """
-    import faiss
-
-    n, dim = (int(s) for s in database.shape)
-    q = normalize_rows(np.asarray(queries[:]))
-    if q.shape[1] != dim:
-        raise FeatkitError(f"queries: expected {dim} columns (the database's), got {q.shape[1]}")
-    if not 1 <= k <= n:
-        raise FeatkitError(f"k: expected an integer in [1, {n}] (the database rows), got {k}")
-    best_s = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
-    best_i = np.full((q.shape[0], k), -1, dtype=np.int64)
-    task = progress.task("search (streamed exact)", n)
-    try:
-        start = 0
-        for block in _blocks(database, block_rows):
-            x = normalize_rows(block)
-            kk = min(k, x.shape[0])
-            s, i = faiss.knn(q, x, kk, metric=faiss.METRIC_INNER_PRODUCT)
-            best_s, best_i = _best_k(
-                np.concatenate([best_s, s], axis=1), np.concatenate([best_i, i + start], axis=1), k
-            )
-            start += x.shape[0]
-            task.advance(x.shape[0])
-    finally:
-        task.close()
-    return _descending(best_s, best_i)
-
-
-def recall_at_k(approx_idx: np.ndarray, exact_idx: np.ndarray) -> float:
-    """Mean over queries of |approx top-k ∩ exact top-k| / k (both [q, k]; ``-1`` never counts).
-
-    This is the usual "k-recall@k" of ANN benchmarks: 1.0 when the approximate index
-    returns the same k rows as exact search, in any order.
-    """
-    if approx_idx.shape != exact_idx.shape or approx_idx.ndim != 2:
-        raise FeatkitError(
-            f"recall: expected two [q, k] arrays of one shape, got {approx_idx.shape} "
-            f"and {exact_idx.shape}"
-        )
-    q, k = exact_idx.shape
-    if q == 0 or k == 0:
-        raise FeatkitError(f"recall: expected at least one query and k ≥ 1, got shape {(q, k)}")
-    # Sort both rows and count common members with one vectorised membership test per row.
-    a = np.sort(approx_idx, axis=1)
-    e = np.sort(exact_idx, axis=1)
-    hits = 0
-    for row_a, row_e in zip(a, e, strict=True):
-        hits += int(np.isin(row_a[row_a >= 0], row_e, assume_unique=False).sum())
-    return hits / (q * k)
-
-
-def measure_recall(
-    approx: NeighborIndex,
-    exact: NeighborIndex,
-    queries: MatrixLike,
-    k: int = 20,
-    *,
-    progress: Progress = SILENT,
-) -> float:
-    """recall@k of ``approx`` against ``exact`` (both fitted on the same rows) on ``queries``."""
-    if approx.n_rows_ != exact.n_rows_:
-        raise FeatkitError(
-            f"recall: expected two indexes over the same rows, got {approx.n_rows_} "
-            f"and {exact.n_rows_} rows"
-        )
-    _, approx_idx = approx.search(queries, k, progress=progress)
-    _, exact_idx = exact.search(queries, k, progress=progress)
-    return recall_at_k(approx_idx, exact_idx)
-
-
-def clustered_embeddings(
-    n: int,
-    dim: int,
-    *,
-    n_clusters: int = 1000,
-    noise: float = 1.0,
-    seed: int = 0,
-    start: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Synthetic embeddings shaped like a labelled image set: ``(x [n, dim] float32, y [n])``.
-
-    Rows are ``centre[y] + noise · ε`` with ``n_clusters`` Gaussian centres (drawn from
-    ``seed``) and ``ε ~ N(0, I)``; with ``noise = 1`` a row's cosine to its centre is
-    about 0.7, as for images and their class mean in DINO features. ``start`` seeds
-    the rows, so a large set is written block by block (``start`` = the block's first
-    row) without holding it. These are the sets the documented recall refers to.
-    """
-    centres = np.random.default_rng(seed).standard_normal((n_clusters, dim), dtype=np.float32)
-    rng = np.random.default_rng((seed, start))
-    labels = rng.integers(0, n_clusters, n)
-    x = centres[labels]
-    x += np.float32(noise) * rng.standard_normal((n, dim), dtype=np.float32)
-    return x, labels
+            cand_s, cand_i = best_k(cand_s, cand_i, k)
+        return descending(cand_s[:, :k], cand_i[:, :k])

@@ -93,7 +93,7 @@ class KNN(Protocol):
         """recall@k of the approximate index against exact search on spread training rows."""
         import faiss
 
-        from featkit.neighbors.search import recall_at_k
+        from featkit.neighbors.recall import recall_at_k
 
         n = self.train_features_.shape[0]
         queries = self.train_features_[np.linspace(0, n - 1, min(n, RECALL_QUERIES)).astype(int)]

@@ -10,7 +10,6 @@ The numbers come from the ``seconds``/``peak_mb`` result columns and the store's
 
 from __future__ import annotations
 
-import html
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,23 +116,6 @@ class CostTable:
 
         with atomic_path(path) as tmp:
             self.frame.to_csv(tmp, index=False, float_format="%.6g")
-
-    def to_html(self) -> str:
-        from featkit.report.html import text_cell
-
-        shown = self.display()
-        text = {"dataset", "model", "method"}
-        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in shown.columns)
-        body = "".join(
-            "<tr>"
-            + "".join(
-                text_cell(v, c) if c in text else f'<td class="num">{html.escape(str(v))}</td>'
-                for c, v in zip(shown.columns, record, strict=True)
-            )
-            + "</tr>"
-            for record in shown.itertuples(index=False)
-        )
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _number(value: Any, column: str) -> str:

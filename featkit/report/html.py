@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from featkit.atomic import atomic_path
+from featkit.report.cost import COST_NOTE, CostTable
 from featkit.report.table import BEST_RULE, INTERVAL_NOTE
 
 if TYPE_CHECKING:
-    from featkit.report.cost import CostTable
     from featkit.report.table import ComparisonTable
 
 _STYLE = """
@@ -50,6 +50,19 @@ def scrolling(table: str) -> str:
     return f'<div class="wide">{table}</div>'
 
 
+def number_cell(value: object, best: bool = False) -> str:
+    """A right-aligned number cell; ``best`` marks the best of its column."""
+    cls = "num best" if best else "num"
+    return f'<td class="{cls}">{html.escape(str(value))}</td>'
+
+
+def html_table(columns: Sequence[object], rows: Sequence[Sequence[str]]) -> str:
+    """A table from its headers and the already rendered cells of each row."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(cells) + "</tr>" for cells in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
 def table_html(table: ComparisonTable) -> str:
     """The comparison as an HTML table; best cells get class ``best``."""
     wide = table.wide()
@@ -57,20 +70,30 @@ def table_html(table: ComparisonTable) -> str:
         (r.dataset, r.model, r.method, r.shots) for r in table.cells.itertuples() if bool(r.best)
     }
     text_columns = [c for c in wide.columns if c not in table.columns]
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in wide.columns)
-    body = []
-    for (dataset, model, method), record in zip(
-        table.rows, wide.itertuples(index=False), strict=True
-    ):
-        cells = []
-        for column, value in zip(wide.columns, record, strict=True):
-            if column in text_columns:
-                cells.append(text_cell(value, str(column)))
-            else:
-                cls = "num best" if (dataset, model, method, column) in best else "num"
-                cells.append(f'<td class="{cls}">{html.escape(str(value))}</td>')
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    rows = [
+        [
+            text_cell(value, str(column))
+            if column in text_columns
+            else number_cell(value, (*row, column) in best)
+            for column, value in zip(wide.columns, record, strict=True)
+        ]
+        for row, record in zip(table.rows, wide.itertuples(index=False), strict=True)
+    ]
+    return html_table(list(wide.columns), rows)
+
+
+def cost_html(cost: CostTable) -> str:
+    """The cost of every route as an HTML table (names as text, numbers right-aligned)."""
+    shown = cost.display()
+    text = {"dataset", "model", "method"}
+    rows = [
+        [
+            text_cell(v, c) if c in text else number_cell(v)
+            for c, v in zip(shown.columns, record, strict=True)
+        ]
+        for record in shown.itertuples(index=False)
+    ]
+    return html_table(list(shown.columns), rows)
 
 
 def image_html(path: Path, caption: str) -> str:
@@ -94,8 +117,6 @@ def write_html(
     """Write the report page: the answer (when a target was given), the data summary,
     the table (metric in percent, mean ± 95% CI), the cost of each route, then the
     figures."""
-    from featkit.report.cost import COST_NOTE
-
     metric = html.escape(table.metric.replace("_", " "))
     parts = [
         "<!DOCTYPE html>",
@@ -117,7 +138,7 @@ def write_html(
         f"<p>{html.escape(INTERVAL_NOTE)}</p><p>{html.escape(BEST_RULE)}</p>",
     ]
     if cost is not None:
-        parts += ["<h2>Cost</h2>", scrolling(cost.to_html()), f"<p>{html.escape(COST_NOTE)}</p>"]
+        parts += ["<h2>Cost</h2>", scrolling(cost_html(cost)), f"<p>{html.escape(COST_NOTE)}</p>"]
     parts += [
         "<h2>Plots</h2>",
         *(image_html(p, caption) for caption, p in figures),

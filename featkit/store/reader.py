@@ -30,26 +30,21 @@ written, because HDF5 can lose an out-of-space error while closing a file.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from featkit.errors import FeatkitError, StoreDamagedError
-from featkit.store.integrity import (
-    CHECKSUM_ATTR,
-    Hasher,
-)
-
-if TYPE_CHECKING:
-    import h5py
-
-# The writer and the import live in their own modules; their names stay importable here.
+# The writer, the import and the row table live in their own modules; their names stay
+# importable here (extraction and the tests read them from this module).
 from featkit.atomic import fsync_dir as fsync_dir
+from featkit.errors import FeatkitError, StoreDamagedError
 from featkit.store.importer import import_features as import_features
+from featkit.store.integrity import CHECKSUM_ATTR, Hasher
+from featkit.store.rows import RowTable
+from featkit.store.rows import _read_str as _read_str
 from featkit.store.writer import FEATURE_KINDS as FEATURE_KINDS
 from featkit.store.writer import FEATURE_KINDS_HELP, layer_kind
 from featkit.store.writer import FORMAT_VERSION as FORMAT_VERSION
@@ -61,12 +56,6 @@ from featkit.store.writer import TMP_SUFFIX as TMP_SUFFIX
 from featkit.store.writer import StoreWriter as StoreWriter
 from featkit.store.writer import _str_dtype as _str_dtype
 from featkit.store.writer import atomic_hdf5 as atomic_hdf5
-
-
-def _read_str(ds: h5py.Dataset) -> np.ndarray:
-    if ds.shape[0] == 0:
-        return np.zeros(0, dtype=object)
-    return np.asarray(ds.asstr()[:], dtype=object)
 
 
 class Store:
@@ -113,44 +102,14 @@ class Store:
 
     def _check_rows(self) -> str:
         """The first damage in the per-row arrays (small, so checked at every open)."""
-        images = self._h5["images"]
-        n = self.num_rows
-        loaded = {
-            "path": self._paths,
-            "label": self._labels,
-            "split": self._splits,
-            "status": self._status,
-            "error": self._errors,
-        }
-        if self._stats is not None:
-            loaded["size"], loaded["mtime_ns"] = self._stats
-        for name, values in loaded.items():
-            if len(values) != n:
-                return f"/images/{name} has {len(values)} rows, /images/path has {n}"
+        damage = self._rows.length_damage()
+        if damage:
+            return damage
         for name in self.feature_kinds:
             rows = self._h5["features"][name].shape[0]
-            if rows != n:
-                return f"/features/{name} has {rows} rows, the store has {n}"
-        classes = len(self.label_names)
-        bad = np.flatnonzero((self._labels < -1) | (self._labels >= classes))
-        if len(bad):
-            row = int(bad[0])
-            return (
-                f"label {int(self._labels[row])} in row {row} ({self._paths[row]}) is out of "
-                f"range for {classes} classes ({len(bad)} such rows)"
-            )
-        odd = sorted(set(self._status.tolist()) - {STATUS_OK, STATUS_FAILED})
-        if odd:
-            return f"status values {', '.join(repr(v) for v in odd[:3])} are not ok/failed"
-        # Checksums last: a label out of range says more than "does not match".
-        for name, values in loaded.items():
-            recorded = images[name].attrs.get(CHECKSUM_ATTR)
-            if recorded is not None:
-                hasher = Hasher(values.dtype)
-                hasher.update(values)
-                if hasher.hexdigest() != str(recorded):
-                    return f"/images/{name} does not match its checksum"
-        return ""
+            if rows != self.num_rows:
+                return f"/features/{name} has {rows} rows, the store has {self.num_rows}"
+        return self._rows.value_damage(self._h5["images"], len(self.label_names))
 
     def _load_meta(self) -> None:
         attrs = self._h5.attrs
@@ -161,29 +120,18 @@ class Store:
         self.model: str = str(attrs["model"])
         self.label_names: tuple[str, ...] = tuple(json.loads(attrs["label_names"]))
         self.fingerprint: dict[str, Any] = json.loads(attrs["fingerprint"])
-        images = self._h5["images"]
-        self._paths = _read_str(images["path"])
-        self._labels = np.asarray(images["label"][:], dtype=np.int64)
-        self._splits = _read_str(images["split"])
-        self._status = _read_str(images["status"])
-        self._errors = _read_str(images["error"])
-        self.num_rows: int = len(self._paths)
+        self._rows = RowTable.read(self._h5["images"])
+        self.num_rows: int = len(self._rows)
         feats = self._h5["features"]
         kinds = [k for k in ("cls", "patch_mean", "patches", "cls_layers") if k in feats]
         self.feature_kinds: tuple[str, ...] = tuple(kinds)
         self.dim: int = int(feats["cls"].shape[1])
         # CLS tokens of how many last blocks the store holds (1: only /features/cls).
         self.layers: int = int(feats["cls_layers"].shape[1]) if "cls_layers" in feats else 1
-        stats = [images[k] for k in ("size", "mtime_ns") if k in images]
-        self._stats: tuple[np.ndarray, np.ndarray] | None = (
-            (np.asarray(stats[0][:], np.int64), np.asarray(stats[1][:], np.int64))
-            if len(stats) == 2
-            else None
-        )
 
     def file_stats(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(size, mtime_ns) of every row's image when it was extracted; None if not recorded."""
-        return self._stats
+        return self._rows.stats
 
     def verify(self) -> list[str]:
         """Every damage found by reading the whole store (empty when it is whole).
@@ -192,7 +140,7 @@ class Store:
         recorded when it was written, and that the features of ok rows are finite.
         """
         damage = [d for d in [self._check_rows()] if d]
-        ok = self._status == STATUS_OK
+        ok = self._rows.ok
         feats = self._h5["features"]
         for name in self.feature_kinds:
             ds = feats[name]
@@ -242,19 +190,7 @@ class Store:
     # -- row selection ----------------------------------------------------------------
     def mask(self, split: str | None = None, *, include_failed: bool = False) -> np.ndarray:
         """Boolean ``[N]``: the rows a read with these arguments returns."""
-        keep = np.ones(self.num_rows, dtype=bool)
-        if not include_failed:
-            keep &= self._status == STATUS_OK
-        if split is not None:
-            present = set(self._splits.tolist())
-            if split not in present:
-                shown = ", ".join(repr(s) for s in sorted(present)) or "none"
-                raise FeatkitError(
-                    f"store {self.path}: expected a split present in the store, got "
-                    f"{split!r} (splits here: {shown})"
-                )
-            keep &= self._splits == split
-        return keep
+        return self._rows.mask(split, include_failed=include_failed, where=f"store {self.path}")
 
     def rows(self, split: str | None = None, *, include_failed: bool = False) -> np.ndarray:
         """Row numbers (int64, ascending) of the selection."""
@@ -267,7 +203,7 @@ class Store:
         # The first read of a dataset reads every block and checks the checksum on the
         # way (hashing costs far less than the read); later reads skip unselected blocks.
         hasher = Hasher(ds.dtype) if recorded is not None and name not in self._verified else None
-        ok = self._status == STATUS_OK
+        ok = self._rows.ok
         row_size = int(np.prod(ds.shape[1:]))
         filled, bad_rows = 0, 0
         for start in range(0, self.num_rows, READ_BLOCK):
@@ -346,22 +282,22 @@ class Store:
 
     def labels(self, split: str | None = None, *, include_failed: bool = False) -> np.ndarray:
         """int64 ``[n]`` indices into :attr:`label_names` (-1 = unlabelled)."""
-        return self._labels[self.mask(split, include_failed=include_failed)].copy()
+        return self._rows.labels[self.mask(split, include_failed=include_failed)].copy()
 
     def paths(self, split: str | None = None, *, include_failed: bool = False) -> list[str]:
-        return [str(p) for p in self._paths[self.mask(split, include_failed=include_failed)]]
+        return [str(p) for p in self._rows.paths[self.mask(split, include_failed=include_failed)]]
 
     def splits(self, *, include_failed: bool = False) -> list[str]:
         """The split of each selected row, ``""`` when the data named none."""
-        return [str(s) for s in self._splits[self.mask(include_failed=include_failed)]]
+        return [str(s) for s in self._rows.splits[self.mask(include_failed=include_failed)]]
 
     def status(self) -> list[str]:
         """``"ok"`` or ``"failed"`` for every row."""
-        return [str(s) for s in self._status]
+        return [str(s) for s in self._rows.status]
 
     def errors(self) -> list[str]:
         """The failure reason of every row (``""`` for ok rows)."""
-        return [str(e) for e in self._errors]
+        return [str(e) for e in self._rows.errors]
 
     def raw_rows(self, name: str, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` of ``/features/<name>`` as stored, failed rows included."""
@@ -370,8 +306,7 @@ class Store:
 
     def failures(self) -> list[tuple[str, str]]:
         """(path, reason) of every failed row, in path order."""
-        bad = self._status != STATUS_OK
-        return [(str(p), str(e)) for p, e in zip(self._paths[bad], self._errors[bad], strict=True)]
+        return self._rows.failures()
 
     @property
     def grid(self) -> tuple[int, int] | None:
@@ -408,14 +343,8 @@ class Store:
 
     def summary(self) -> dict[str, Any]:
         """Everything ``featkit info`` shows, as plain JSON-able values."""
-        ok = self._status == STATUS_OK
-        label_counts: dict[str, int] = {}
-        counts = Counter(self._labels[ok].tolist())
-        for i, name in enumerate(self.label_names):
-            label_counts[name] = int(counts.get(i, 0))
-        if counts.get(-1):
-            label_counts["(unlabelled)"] = int(counts[-1])
-        split_counts = {str(k): int(v) for k, v in sorted(Counter(self._splits[ok]).items())}
+        ok = self._rows.ok
+        label_counts, split_counts = self._rows.counts(self.label_names)
         grid = self.grid
         return {
             "path": str(self.path),

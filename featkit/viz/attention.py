@@ -1,4 +1,4 @@
-"""DINO's pictures: last-block CLS attention per head, its masks, point similarity, PCA colours.
+"""DINO's last-block CLS attention per head, recomputed exactly, and its masks.
 
 Fused attention (``scaled_dot_product_attention``) never materialises the attention
 weights, so they are recomputed here for the last block only: a pre-hook on the last
@@ -16,17 +16,13 @@ the patch part, so registers never appear in a picture.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from featkit.errors import FeatkitError
-from featkit.progress import SILENT, Progress
 
 DEFAULT_THRESHOLD = 0.6  # DINO's masks keep the patches holding 60% of the attention mass
 
@@ -255,163 +251,3 @@ def attention_masks(attention: Tensor, threshold: float = DEFAULT_THRESHOLD) -> 
     keep = torch.zeros_like(keep_sorted)
     keep.scatter_(-1, order, keep_sorted)
     return keep.reshape(shape)
-
-
-def check_point(point: tuple[float, float], size: tuple[int, int]) -> None:
-    """FeatkitError unless the pixel (x, y) lies inside an image of ``size`` (width, height)."""
-    x, y = point
-    width, height = size
-    if not (0 <= x < width and 0 <= y < height):
-        raise FeatkitError(
-            f"--point {x:g},{y:g}: expected pixel coordinates inside the image "
-            f"(0 ≤ x < {width}, 0 ≤ y < {height}), got a point outside it"
-        )
-
-
-def map_point(
-    point: tuple[float, float],
-    original_size: tuple[int, int],
-    resize: int,
-    crop: int,
-) -> tuple[float, float]:
-    """Image pixel (x, y) of the original image -> (x, y) in the model input.
-
-    Follows the DINO eval transform: shorter side resized to ``resize``, centre crop
-    ``crop``. A point outside the image, or cut away by the crop, is a FeatkitError.
-    """
-    check_point(point, original_size)
-    x, y = point
-    width, height = original_size
-    scale = resize / min(width, height)
-    left = (width * scale - crop) / 2
-    top = (height * scale - crop) / 2
-    mx, my = x * scale - left, y * scale - top
-    if not (0 <= mx < crop and 0 <= my < crop):
-        raise FeatkitError(
-            f"--point {x:g},{y:g}: expected a point inside the centre crop the model sees, "
-            f"got one that the {crop}px crop cuts away"
-        )
-    return mx, my
-
-
-def point_similarity(patch_tokens: Tensor, point: tuple[float, float], patch_size: int) -> Tensor:
-    """Cosine similarity of the patch under ``point`` (model-input x, y) to every patch.
-
-    patch_tokens: [h, w, D] -> [h, w] in [-1, 1]; 1 at the chosen patch.
-    """
-    h, w, _ = patch_tokens.shape
-    col, row = int(point[0] // patch_size), int(point[1] // patch_size)
-    if not (0 <= row < h and 0 <= col < w):
-        raise FeatkitError(
-            f"--point {point[0]:g},{point[1]:g}: expected a point inside the "
-            f"{w * patch_size}x{h * patch_size} model input, got one outside it"
-        )
-    unit = torch.nn.functional.normalize(patch_tokens.float(), dim=-1)
-    return unit @ unit[row, col]
-
-
-def pca_rgb(patch_tokens: Tensor) -> np.ndarray:
-    """First three principal components of the patch features as RGB in [0, 1]: [h, w, 3]."""
-    h, w, d = patch_tokens.shape
-    x = patch_tokens.reshape(h * w, d).double()
-    x = x - x.mean(dim=0, keepdim=True)
-    _, _, v = torch.linalg.svd(x, full_matrices=False)
-    k = min(3, v.shape[0])
-    comps = torch.zeros(h * w, 3, dtype=torch.float64)
-    comps[:, :k] = x @ v[:k].T
-    low = comps.min(dim=0).values
-    span = (comps.max(dim=0).values - low).clamp_min(1e-12)
-    return ((comps - low) / span).reshape(h, w, 3).numpy()
-
-
-# ---------------------------------------------------------------------------------------
-# The command behind `featkit attention`
-
-
-@dataclass(frozen=True)
-class AttentionSettings:
-    threshold: float = DEFAULT_THRESHOLD  # mass each head's mask keeps
-    point: tuple[float, float] | None = None  # original-image pixel (x, y) for similarity
-    pca: bool = False  # also write the PCA-RGB picture of the patch features
-
-
-def write_attention_maps(
-    model: nn.Module,
-    transform: Callable[[Any], Tensor],
-    resize: int,
-    crop: int,
-    images: Sequence[Path],
-    out: Path,
-    settings: AttentionSettings = AttentionSettings(),
-    *,
-    device: str | torch.device = "cpu",
-    progress: Progress = SILENT,
-) -> list[Path]:
-    """Write ``<stem>_attention.png`` (and ``_point.png``, ``_pca.png``) per image.
-
-    ``transform``/``resize``/``crop`` are the backbone's preprocessing; the picture shows
-    the centre crop the model saw, de-normalised.
-    """
-    from featkit.data.images import load_image
-    from featkit.viz import plots
-
-    out = Path(out)
-    written: list[Path] = []
-    task = progress.task("attention maps", total=len(images))
-    model = model.to(device)
-    for path in images:
-        image = load_image(Path(path))
-        tensor = transform(image).unsqueeze(0).to(device)
-        maps = compute_attention(model, tensor)
-        attention = maps.patch_attention()[0].cpu()
-        masks = attention_masks(attention, settings.threshold)
-        shown = _visible_crop(image, resize, crop)
-        stem = Path(path).stem
-        target = out / f"{stem}_attention.png"
-        plots.plot_attention(
-            shown,
-            attention.numpy(),
-            masks.numpy(),
-            target,
-            title=f"{Path(path).name}: last-block CLS attention",
-            threshold=settings.threshold,
-        )
-        written.append(target)
-        if settings.point is not None:
-            mx, my = map_point(settings.point, image.size, resize, crop)
-            sim = point_similarity(maps.patch_tokens[0].cpu(), (mx, my), maps.patch_size)
-            target = out / f"{stem}_point.png"
-            plots.plot_point_similarity(
-                shown,
-                sim.numpy(),
-                (mx, my),
-                target,
-                title=f"{Path(path).name}: cosine similarity to the "
-                f"patch at {settings.point[0]:g},{settings.point[1]:g}",
-            )
-            written.append(target)
-        if settings.pca:
-            target = out / f"{stem}_pca.png"
-            plots.plot_pca_rgb(
-                shown,
-                pca_rgb(maps.patch_tokens[0].cpu()),
-                target,
-                title=f"{Path(path).name}: patch features, first 3 PCs as RGB",
-            )
-            written.append(target)
-        task.advance()
-    task.close()
-    return written
-
-
-def _visible_crop(image: Any, resize: int, crop: int) -> np.ndarray:
-    """The RGB centre crop the model sees (without normalisation): [crop, crop, 3] uint8."""
-    from PIL import Image
-
-    width, height = image.size
-    scale = resize / min(width, height)
-    size = (max(crop, round(width * scale)), max(crop, round(height * scale)))
-    resized = image.convert("RGB").resize(size, Image.Resampling.BICUBIC)
-    left = (size[0] - crop) // 2
-    top = (size[1] - crop) // 2
-    return np.asarray(resized.crop((left, top, left + crop, top + crop)))

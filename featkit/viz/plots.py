@@ -296,8 +296,6 @@ def plot_attention(
     image: [H, W, 3] uint8 (what the model saw); attention: [heads, h, w]; masks: bool
     [heads, h, w]. Maps are drawn per patch (nearest), each with its own colour scale.
     """
-    from featkit.viz.attention import attention_masks
-
     heads = attention.shape[0]
     ncols = max(3, min(heads, 6))
     head_rows = -(-heads // ncols)
@@ -309,7 +307,9 @@ def plot_attention(
     extent = (0, image.shape[1], image.shape[0], 0)
     size = (image.shape[0], image.shape[1])
     mean = attention.mean(axis=0)
-    import torch
+    import torch  # deferred with the attention maths: report plots need no torch
+
+    from featkit.viz.attention import attention_masks
 
     mean_mask = attention_masks(torch.from_numpy(mean), threshold).numpy()
     top = axes[0]
