@@ -19,9 +19,10 @@ from pathlib import Path
 
 from featkit.backbones import create_backbone
 from featkit.digits import write_digits
-from featkit.finetune import FinetuneSettings, labelled_images, run_finetune
 from featkit.metrics import balanced_accuracy
+from featkit.splits import Sweep, parse_shots
 from featkit.tune import seeded
+from featkit.tune.run import FinetuneSettings, labelled_images, run_finetune
 
 
 def main() -> None:
@@ -50,7 +51,7 @@ def main() -> None:
                 method=method, precision=args.precision, device=args.device, steps=args.steps
             )
             start, cpu = time.perf_counter(), time.process_time()
-            run = run_finetune(rows, backbone, settings, shots=args.shots, n_episodes=1)
+            run = run_finetune(rows, backbone, settings, Sweep(parse_shots(args.shots), episodes=1))
             total, cpu = time.perf_counter() - start, time.process_time() - cpu
             outcome = run.outcomes[-1]
             print(

@@ -21,10 +21,10 @@ from featkit.data import discover
 from featkit.digits import write_digits
 from featkit.evaluate import ProbeSettings, probe
 from featkit.extract import ExtractSettings, extract
-from featkit.finetune import FinetuneSettings, labelled_images, run_finetune
 from featkit.progress import SILENT, Progress
 from featkit.report import ReportFiles, write_report
 from featkit.splits import parse_shots
+from featkit.tune.run import FinetuneSettings, Sweep, labelled_images, run_finetune
 from featkit.workspace import store_path
 
 DATASET = "digits"
@@ -130,9 +130,7 @@ def run_demo(
             backbone,
             # Digits are not mirror-symmetric: a flipped 2 is no longer a 2.
             FinetuneSettings(method="lora", hflip=False, steps=settings.finetune_steps),
-            shots=settings.finetune_shots,
-            n_episodes=settings.finetune_episodes,
-            seed=settings.seed,
+            Sweep(parse_shots(settings.finetune_shots), settings.finetune_episodes, settings.seed),
             workspace=workspace,
             model_name=settings.model,
             progress=progress,

@@ -22,11 +22,11 @@ from featkit.cli.report import _cost_table
 from featkit.data import discover
 from featkit.evaluate import EvalData, ProbeSettings, ProtocolSpec, evaluate_arrays, probe
 from featkit.extract import ExtractSettings, extract
-from featkit.finetune import FinetuneSettings, labelled_images, run_finetune
 from featkit.report import write_report
 from featkit.results import RESULT_COLUMNS, read_results
-from featkit.splits import parse_shots
+from featkit.splits import Sweep, parse_shots
 from featkit.store import open_store
+from featkit.tune.run import FinetuneSettings, labelled_images, run_finetune
 from tests.helpers import digits_folder
 
 runner = CliRunner()
@@ -169,8 +169,7 @@ def test_finetune_records_training_seconds_and_peak_memory(tmp_path: Path) -> No
             labelled_images(data),
             backbone,
             FinetuneSettings(method="linear", precision="fp32", steps=20),
-            shots="1",
-            n_episodes=2,
+            Sweep(parse_shots("1"), episodes=2),
             workspace=tmp_path / "ws",
             save_adapters=False,
         )

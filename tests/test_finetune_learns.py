@@ -16,11 +16,11 @@ import pytest
 
 import tests.test_finetune as finetune_tests
 from featkit.backbones import Backbone, create_backbone
-from featkit.finetune import FinetuneSettings, labelled_images, tune_episode
 from featkit.metrics import balanced_accuracy
 from featkit.splits import episodes
 from featkit.tune import load_images, predict_logits, seeded
 from featkit.tune.head import ClsOnly
+from featkit.tune.run import FinetuneSettings, labelled_images, tune_episode
 from tests.helpers import digits_folder
 
 CHANCE = math.log(10)

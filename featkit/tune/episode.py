@@ -1,7 +1,7 @@
 """One fine-tuning draw: settings, the head-first probe, the tune, the test probabilities.
 
 :func:`tune_episode` trains a fresh classifier on one (shots, episode) draw and scores
-it on the test rows; :mod:`featkit.finetune` sweeps the draws and records the rows.
+it on the test rows; :mod:`featkit.tune.run` sweeps the draws and records the rows.
 """
 
 from __future__ import annotations
