@@ -22,9 +22,9 @@ from featkit.data.images import discover
 from featkit.evaluation.probe import ProbeSettings, probe
 from featkit.evaluation.splits import parse_shots
 from featkit.extraction.run import ExtractSettings, extract
-from featkit.finetune import FinetuneSettings, labelled_images, run_finetune
 from featkit.progress import SILENT, Progress
 from featkit.report.build import ReportFiles, write_report
+from featkit.tune.run import FinetuneSettings, Sweep, labelled_images, run_finetune
 from featkit.workspace import store_path
 
 DATASET = "digits"
@@ -130,9 +130,7 @@ def run_demo(
             backbone,
             # Digits are not mirror-symmetric: a flipped 2 is no longer a 2.
             FinetuneSettings(method="lora", hflip=False, steps=settings.finetune_steps),
-            shots=settings.finetune_shots,
-            n_episodes=settings.finetune_episodes,
-            seed=settings.seed,
+            Sweep(parse_shots(settings.finetune_shots), settings.finetune_episodes, settings.seed),
             workspace=workspace,
             model_name=settings.model,
             progress=progress,

@@ -21,12 +21,12 @@ from featkit.cli import app
 from featkit.cli.report import _cost_table
 from featkit.data.images import discover
 from featkit.evaluation.probe import EvalData, ProbeSettings, ProtocolSpec, evaluate_arrays, probe
-from featkit.evaluation.splits import parse_shots
+from featkit.evaluation.splits import Sweep, parse_shots
 from featkit.extraction.run import ExtractSettings, extract
-from featkit.finetune import FinetuneSettings, labelled_images, run_finetune
 from featkit.report.build import write_report
 from featkit.results.io import RESULT_COLUMNS, read_results
 from featkit.store.reader import open_store
+from featkit.tune.run import FinetuneSettings, labelled_images, run_finetune
 from tests.helpers import digits_folder
 
 runner = CliRunner()
@@ -169,8 +169,7 @@ def test_finetune_records_training_seconds_and_peak_memory(tmp_path: Path) -> No
             labelled_images(data),
             backbone,
             FinetuneSettings(method="linear", precision="fp32", steps=20),
-            shots="1",
-            n_episodes=2,
+            Sweep(parse_shots("1"), episodes=2),
             workspace=tmp_path / "ws",
             save_adapters=False,
         )

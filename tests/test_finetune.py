@@ -16,11 +16,11 @@ from featkit.cli import app
 from featkit.data.images import discover
 from featkit.errors import FeatkitError
 from featkit.evaluation.probe import ProbeSettings, ProtocolSpec, load_store, probe
-from featkit.evaluation.splits import episodes, parse_shots
+from featkit.evaluation.splits import Sweep, episodes, parse_shots
 from featkit.extraction.run import ExtractSettings, extract
-from featkit.finetune import FinetuneSettings, labelled_images, run_finetune, tune_episode
 from featkit.results.io import read_results, read_summary
 from featkit.tune import load_images, load_tuned_backbone, seeded
+from featkit.tune.run import FinetuneSettings, labelled_images, run_finetune, tune_episode
 from tests.helpers import digits_folder
 
 MODEL = "timm:vit_tiny_patch16_224"
@@ -76,8 +76,7 @@ def test_linear_from_a_data_folder_uses_the_probes_draws_and_agrees_with_logisti
         labelled_images(setup.data),
         tiny_backbone(),
         FinetuneSettings(method="linear", precision="fp32"),
-        shots="1,5,all",
-        n_episodes=2,
+        Sweep(parse_shots("1,5,all"), episodes=2),
         workspace=setup.workspace,
     )
     # ... the draws are exactly those the probe makes from the store's rows.
@@ -185,15 +184,17 @@ def test_episodes_default_to_the_probes() -> None:
     """Issue 11.8: tuned and probed cells average over the same number of draws."""
     import inspect
 
-    from featkit import finetune
     from featkit.cli.finetune import finetune_command
     from featkit.evaluation import splits
     from featkit.evaluation.probe import ProbeSettings
 
     option = inspect.signature(finetune_command).parameters["episodes"].default
-    assert option.default == finetune.DEFAULT_EPISODES == ProbeSettings().episodes
-    assert splits.DEFAULT_EPISODES == 10
-    assert inspect.signature(run_finetune).parameters["n_episodes"].default == 10
+    assert option.default == splits.DEFAULT_EPISODES == 10
+    assert Sweep().episodes == ProbeSettings().episodes == splits.DEFAULT_EPISODES
+    assert inspect.signature(run_finetune).parameters["sweep"].default == Sweep()
+    # Both stages draw from one Sweep: equal settings give equal sweeps.
+    probe_settings = ProbeSettings(shots=parse_shots("1,all"), episodes=3, seed=2)
+    assert probe_settings.sweep == Sweep(parse_shots("1,all"), 3, 2)
 
 
 def test_cli_help_has_examples() -> None:

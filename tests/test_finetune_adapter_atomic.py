@@ -9,7 +9,7 @@ import torch
 
 import tests.test_finetune as finetune_tests
 from featkit.errors import FeatkitError
-from featkit.finetune import FinetuneSettings, adapter_dir
+from featkit.evaluation.splits import Sweep
 from featkit.tune import (
     MethodOptions,
     create_classifier,
@@ -19,6 +19,7 @@ from featkit.tune import (
     seeded,
 )
 from featkit.tune import adapter as adapter_module
+from featkit.tune.run import FinetuneSettings, adapter_dir
 
 SIZE = 32
 
@@ -100,11 +101,13 @@ def test_weights_that_do_not_match_the_settings_are_refused(tmp_path: Path) -> N
 
 def test_adapter_folders_are_keyed_by_everything_that_defines_them(tmp_path: Path) -> None:
     lora, linear = FinetuneSettings(method="lora"), FinetuneSettings(method="linear")
-    base = dict(workspace=tmp_path, dataset="digits", model="m")
+    base = dict(workspace=tmp_path, dataset="digits", model="m", sweep=Sweep())
     reference = adapter_dir(**base, settings=lora, shots="10", episode=0)
     variants = [
-        adapter_dir(**base, settings=lora, shots="10", episode=0, seed=1),
-        adapter_dir(**base, settings=lora, shots="10", episode=0, test_fraction=0.3),
+        adapter_dir(**{**base, "sweep": Sweep(seed=1)}, settings=lora, shots="10", episode=0),
+        adapter_dir(
+            **{**base, "sweep": Sweep(test_fraction=0.3)}, settings=lora, shots="10", episode=0
+        ),
         adapter_dir(**base, settings=lora, shots="5", episode=0),
         adapter_dir(**base, settings=lora, shots="10", episode=1),
         adapter_dir(**base, settings=linear, shots="10", episode=0),

@@ -17,10 +17,10 @@ import pytest
 import tests.test_finetune as finetune_tests
 from featkit.backbones import Backbone, create_backbone
 from featkit.evaluation.splits import episodes
-from featkit.finetune import FinetuneSettings, labelled_images, tune_episode
 from featkit.metrics import balanced_accuracy
 from featkit.tune import load_images, predict_logits, seeded
 from featkit.tune.head import ClsOnly
+from featkit.tune.run import FinetuneSettings, labelled_images, tune_episode
 from tests.helpers import digits_folder
 
 CHANCE = math.log(10)
@@ -166,3 +166,95 @@ def test_linear_head_agrees_with_l2_logistic_regression_on_standardised_features
         assert head > 0.5 and logistic > 0.5, (head, logistic)  # chance is 0.1
         gaps.append(head - logistic)
     assert abs(np.mean(gaps)) < 0.05, gaps
+
+
+def test_lora_learns_on_the_demo_backbone_and_keeps_up_with_the_frozen_head(
+    tmp_path: Path,
+) -> None:
+    """Issue 11.9 on featkit-tiny-dino, the demo's pretrained backbone.
+
+    Its CLS token is far from invariant to crops (cosine 0.57 after a 1-px shift), so the
+    head-first probe met augmented views at a loss above chance and LoRA ended at
+    2.0-2.25 with less balanced accuracy than the frozen head. The tune now trains on
+    views the frozen features recognise; it must end well below chance and not fall
+    behind the frozen linear head on the test images."""
+    from featkit.backbones.tiny_dino import create_tiny_dino
+
+    data = digits_folder(tmp_path, per_class=16, size=32)
+    rows = labelled_images(data)
+    base = create_tiny_dino()
+    images = load_images(rows.root, rows.paths, base.preprocessing)
+    features = predict_logits(ClsOnly(base), images.evals)
+    n = len(rows.paths)
+    train_rows, test_rows = np.arange(0, n, 2), np.arange(1, n, 2)
+    accuracy = {}
+    for method, steps in (("linear", None), ("lora", 20)):
+        _, log, probs = tune_episode(
+            base,
+            images,
+            rows.labels,
+            train_rows,
+            test_rows,
+            FinetuneSettings(method=method, steps=steps, precision="fp32"),
+            num_classes=10,
+            seed=0,
+            features=features,
+        )
+        accuracy[method] = balanced_accuracy(rows.labels[test_rows], probs.argmax(1))
+    assert np.mean(log.losses[-5:]) < 0.25 * CHANCE, log.losses
+    assert accuracy["lora"] >= accuracy["linear"] - 0.03, accuracy
+
+
+def test_augmentation_is_kept_only_where_the_untuned_features_recognise_its_views(
+    tmp_path: Path,
+) -> None:
+    """The head-first probe judges one augmented view per training image: views it still
+    classifies (here: the evaluation images themselves) are trained on; views it cannot
+    (pure noise) give way to the unaugmented images."""
+    import torch
+
+    from featkit.tune.episode import _probe_head, _training_views
+    from featkit.tune.head import norm_from
+    from featkit.tune.losses import make_loss
+    from featkit.tune.methods import create_classifier
+
+    data = digits_folder(tmp_path, per_class=6, size=32)
+    rows = labelled_images(data)
+    base = vit_tiny()
+    images = load_images(rows.root, rows.paths, base.preprocessing)
+    y = torch.as_tensor(rows.labels)
+    index = {id(s): i for i, s in enumerate(images.sources)}
+    calls: list[str] = []
+
+    def same(sources, _gen):  # the evaluation view of each image
+        calls.append("same")
+        return images.evals[[index[id(s)] for s in sources]]
+
+    def noise(sources, gen):
+        calls.append("noise")
+        return torch.randn((len(sources), *images.evals.shape[1:]), generator=gen)
+
+    settings = FinetuneSettings(method="lora")
+    with seeded(0) as generator:
+        classifier = create_classifier(base, 10, "lora", settings.method_options)
+        loss = make_loss("ce", np.bincount(rows.labels, minlength=10))
+        mean, std = _probe_head(classifier, images.evals, y, loss, settings, generator, "cpu")
+        classifier.norm = norm_from(mean, std)
+        views = {}
+        for name, augment in (("same", same), ("noise", noise)):
+            views[name] = _training_views(
+                classifier,
+                augment,  # type: ignore[arg-type]
+                images.sources,
+                images.evals,
+                y,
+                generator,
+                device="cpu",
+                precision="fp32",
+                description="test",
+            )
+        calls.clear()
+        batch = torch.arange(4)
+        kept, dropped = views["same"](batch, generator), views["noise"](batch, generator)
+    assert calls == ["same"]  # only the recognised augmentation is used while training
+    assert torch.equal(dropped, images.evals[:4]) and torch.equal(kept, images.evals[:4])

@@ -19,7 +19,7 @@ from featkit.cli._common import (
 )
 
 if TYPE_CHECKING:
-    from featkit.finetune import FinetuneRun
+    from featkit.tune.run import FinetuneRun
 
 ORDER = 25
 RANDOM_SUFFIX = "-random"  # featkit extract --random-init names its stores <model>-random
@@ -124,8 +124,9 @@ def finetune_command(
 
     from featkit.backbones import create_backbone
     from featkit.errors import FeatkitError
-    from featkit.finetune import FinetuneSettings, labelled_images, require_labels, run_finetune
+    from featkit.evaluation.splits import Sweep, parse_shots
     from featkit.tune.methods import LoraOptions
+    from featkit.tune.run import FinetuneSettings, labelled_images, require_labels, run_finetune
 
     if random_init and weights is not None:
         raise FeatkitError("--random-init: expected no --weights with it, got both")
@@ -181,10 +182,7 @@ def finetune_command(
             rows,
             backbone,
             settings,
-            shots=shots,
-            n_episodes=episodes,
-            seed=seed,
-            test_fraction=test_fraction,
+            Sweep(parse_shots(shots), episodes, seed, test_fraction),
             workspace=ws,
             save_adapters=save_adapters,
             model_name=label,

@@ -33,7 +33,7 @@ from featkit.evaluation.splits import (
     DEFAULT_TEST_FRACTION,
     Episode,
     Shots,
-    episodes,
+    Sweep,
     parse_shots,
 )
 from featkit.metrics import DEFAULT_BOOTSTRAP, clustering_metrics, match_clusters
@@ -111,6 +111,11 @@ class ProbeSettings:
     splits: int = 1  # > 1: the "all" column is this many stratified folds (k-fold)
     select: bool = False  # a protocol's grid becomes one method, chosen on validation
 
+    @property
+    def sweep(self) -> Sweep:
+        """The draws as one object, the one the fine-tune draws its episodes from."""
+        return Sweep(self.shots, self.episodes, self.seed, self.test_fraction)
+
 
 def _with_selection(settings: ProbeSettings) -> ProbeSettings:
     """With ``select``, each protocol's grid becomes one method chosen on a validation
@@ -178,20 +183,9 @@ def _episodes(
     shots = set(settings.shots) | ({Shots("zero")} if with_zero else set())
     ordered = sorted(shots, key=lambda s: s.sort_key)
     try:
-        return list(
-            episodes(
-                data.paths,
-                data.labels,
-                data.splits,
-                ordered,
-                settings.episodes,
-                settings.seed,
-                settings.test_fraction,
-                data.label_names,
-                warn=warn,
-                n_splits=settings.splits,
-            )
-        )
+        sweep = replace(settings.sweep, shots=tuple(ordered))  # with the label-free "0"
+        rows = (data.paths, data.labels, data.splits, data.label_names)
+        return list(sweep.draws(*rows, warn=warn, n_splits=settings.splits))
     except FeatkitError as error:
         where = f"store {data.store}" if data.store else f"{data.dataset}/{data.model}"
         raise FeatkitError(f"{where}: {error}") from None

@@ -1,6 +1,6 @@
 """One episode's predictions → the result, per-class and confusion rows of the CSV contract.
 
-Probe (:mod:`featkit.evaluation.probe`) and fine-tuning (:mod:`featkit.finetune`) both call
+Probe (:mod:`featkit.evaluation.probe`) and fine-tuning (:mod:`featkit.tune.results`) both call
 :func:`episode_records`, so the same predictions give the same rows whichever path made
 them. The run identity (:func:`data_id`, :func:`featkit.results.io.run_id`) covers the data:
 dataset name, relative paths, labels, label names and the split of every image.

@@ -324,6 +324,50 @@ def episodes(
             yield Episode(s, e, chosen, test, effective)
 
 
+@dataclass(frozen=True)
+class Sweep:
+    """Which draws an evaluation makes: the shots, the episodes per few-shot setting, the
+    seed and the hold-out fraction of the train/test split.
+
+    The probe (``ProbeSettings.sweep``) and the fine-tune draw their episodes from this one
+    object, so equal sweeps give both stages exactly the same images. ``shots`` is parsed
+    (:func:`parse_shots`); any sequence of them is kept as a tuple.
+    """
+
+    shots: tuple[Shots, ...] = parse_shots("1,5,10,all")
+    episodes: int = DEFAULT_EPISODES
+    seed: int = 0
+    test_fraction: float = DEFAULT_TEST_FRACTION
+
+    def __post_init__(self) -> None:
+        # A tuple, so equal sweeps compare and hash equal (frozen: the one normalising write).
+        object.__setattr__(self, "shots", tuple(self.shots))
+
+    def draws(
+        self,
+        paths: Sequence[str],
+        labels: ArrayLike,
+        splits: Sequence[str] | None = None,
+        label_names: Sequence[str] | None = None,
+        *,
+        warn: bool = True,
+        n_splits: int = 1,
+    ) -> Iterator[Episode]:
+        """The sweep's draws of one data set (:func:`episodes`, in ``shots`` order)."""
+        return episodes(
+            paths,
+            labels,
+            splits,
+            self.shots,
+            self.episodes,
+            self.seed,
+            self.test_fraction,
+            label_names,
+            warn=warn,
+            n_splits=n_splits,
+        )
+
+
 def stratified_folds(
     paths: Sequence[str],
     labels: ArrayLike,

@@ -1,6 +1,6 @@
 """Light fine-tuning building blocks: methods, losses, the training loop, adapters.
 
-``featkit.finetune`` sweeps episodes with these; ``featkit extract --adapter`` uses
+:mod:`featkit.tune.run` sweeps episodes with these; ``featkit extract --adapter`` uses
 :func:`load_tuned_backbone` to extract features with a saved adapter applied.
 """
 
