@@ -165,7 +165,7 @@ def knn_child(args: argparse.Namespace) -> None:
     import h5py
 
     from featkit.neighbors.search import NeighborIndex, streamed_exact_search
-    from featkit.protocols.knn import weighted_votes
+    from featkit_protocols.knn import weighted_votes
 
     if args.threads:
         faiss.omp_set_num_threads(args.threads)

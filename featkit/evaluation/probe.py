@@ -12,7 +12,6 @@ episode number as their seed, ``k`` = number of test classes.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
@@ -38,69 +37,33 @@ from featkit.evaluation.splits import (
 )
 from featkit.metrics import DEFAULT_BOOTSTRAP, clustering_metrics, match_clusters
 from featkit.progress import SILENT, Progress
-from featkit.protocols import Protocol, create_protocol, get_protocol_class
+# ProtocolSpec and protocol_grid stay importable from here, beside ProbeSettings.
+from featkit.evaluation.specs import (  # noqa: F401
+    ProtocolSpec,
+    default_specs,
+    label_free_protocol,
+    protocol_grid,
+)
+from featkit.protocols import Protocol
 from featkit.results.io import (
     CONFUSION_COLUMNS,
     PER_CLASS_COLUMNS,
     RESULT_COLUMNS,
-    canonical_params,
     run_id,
     write_results,
 )
 
 logger = logging.getLogger("featkit")
 
-DEFAULT_PROTOCOLS = ("knn", "logistic", "prototype", "balanced", "kmeans")
 FEATURE_KINDS = ("cls", "patch_mean", "cls+patch_mean")
-
-
-@dataclass(frozen=True)
-class ProtocolSpec:
-    """A protocol name with its settings; ``create()`` makes a fresh, unfitted instance."""
-
-    name: str
-    params: tuple[tuple[str, Any], ...] = ()
-
-    @classmethod
-    def of(cls, name: str, **params: Any) -> ProtocolSpec:
-        return cls(name, tuple(sorted(params.items())))
-
-    def create(self) -> Protocol:
-        return create_protocol(self.name, **dict(self.params))
-
-    @property
-    def supervised(self) -> bool:
-        return get_protocol_class(self.name).supervised
-
-    def params_string(self) -> str:
-        """Canonical ``key=value;…`` of every setting, defaults included (``run_id`` input).
-
-        A label-free protocol's ``seed`` is left out: the evaluation sets it to the
-        episode number, so episodes of one setting share one ``params``.
-        """
-        settings = self.create().get_params()
-        if not self.supervised:
-            settings.pop("seed", None)
-        return canonical_params(settings)
-
-
-def protocol_grid(
-    name: str, options: Mapping[str, Sequence[Any]] | None = None
-) -> list[ProtocolSpec]:
-    """One spec per combination: ``("knn", {"k": [10, 20]})`` → knn(k=10), knn(k=20)."""
-    options = {k: list(v) for k, v in (options or {}).items() if len(v)}
-    keys = sorted(options)
-    return [
-        ProtocolSpec(name, tuple(zip(keys, values, strict=True)))
-        for values in itertools.product(*(options[k] for k in keys))
-    ]
 
 
 @dataclass(frozen=True)
 class ProbeSettings:
     """What to evaluate; every field has the documented default."""
 
-    protocols: tuple[ProtocolSpec, ...] = tuple(ProtocolSpec(n) for n in DEFAULT_PROTOCOLS)
+    # Default: every registered protocol whose class says default = True.
+    protocols: tuple[ProtocolSpec, ...] = field(default_factory=default_specs)
     shots: tuple[Shots, ...] = parse_shots("1,5,10,all")
     # "cls" | "patch_mean" | "cls+patch_mean" | "cls<k>" | "cls<k>+avgpool" (Store.features)
     features: tuple[str, ...] = ("cls",)
@@ -210,17 +173,6 @@ def _scores(model: Protocol, X: NDArray[np.float32]) -> NDArray | None:
     return None
 
 
-def _label_free(spec: ProtocolSpec, episode: int, n_classes: int) -> Protocol:
-    """A label-free protocol seeded by the episode, with k = classes unless set."""
-    settings = dict(spec.params)
-    names = get_protocol_class(spec.name).param_names()
-    if "seed" in names:
-        settings["seed"] = episode
-    if "n_clusters" in names and settings.get("n_clusters") is None:
-        settings["n_clusters"] = n_classes
-    return create_protocol(spec.name, **settings)
-
-
 @dataclass(frozen=True)
 class _Job:
     kind: str
@@ -282,9 +234,10 @@ def _jobs(data: EvalData, settings: ProbeSettings, draws: Sequence[Episode]) -> 
 
 
 def evaluate_arrays(
-    data: EvalData, settings: ProbeSettings = ProbeSettings(), progress: Progress = SILENT
+    data: EvalData, settings: ProbeSettings | None = None, progress: Progress = SILENT
 ) -> ProbeResults:
     """Run the sweep on one data set's arrays; nothing is written."""
+    settings = settings or ProbeSettings()
     settings = _with_selection(settings)
     check_data(data, settings)
     label_free = [s for s in settings.protocols if not s.supervised]
@@ -308,7 +261,7 @@ def evaluate_arrays(
                     predicted = model.predict(X[draw.test])
                     scores, score_classes = _scores(model, X[draw.test]), model.classes_.tolist()
                 else:
-                    model = _label_free(spec, draw.episode, int(np.unique(y_test).size))
+                    model = label_free_protocol(spec, draw.episode, int(np.unique(y_test).size))
                     clusters = model.fit(X[draw.test]).predict(X[draw.test])
             if not spec.supervised:
                 metrics = clustering_metrics(y_test, clusters)
@@ -370,8 +323,9 @@ def load_store(path: Path, features: Sequence[str]) -> EvalData:
 
 
 def probe_store(
-    path: Path, settings: ProbeSettings = ProbeSettings(), progress: Progress = SILENT
+    path: Path, settings: ProbeSettings | None = None, progress: Progress = SILENT
 ) -> ProbeResults:
+    settings = settings or ProbeSettings()
     return evaluate_arrays(load_store(Path(path), settings.features), settings, progress)
 
 
@@ -395,7 +349,7 @@ def _known(data: EvalData, settings: ProbeSettings, existing: ProbeResults) -> P
 
 def probe(
     stores: Sequence[Path],
-    settings: ProbeSettings = ProbeSettings(),
+    settings: ProbeSettings | None = None,
     workspace: Path | None = None,
     progress: Progress = SILENT,
     *,
@@ -414,6 +368,7 @@ def probe(
 
     if not stores:
         raise FeatkitError("stores: expected at least one store, got none")
+    settings = settings or ProbeSettings()
     images: dict[str, tuple[frozenset[str], Path]] = {}  # dataset → (paths, first store)
     for path in stores:  # validate everything first; arrays are read again below
         item = load_store(Path(path), settings.features)
