@@ -35,7 +35,9 @@ class ParamInfo:
     def type_text(self) -> str:
         if not self.types:
             return "set from Python only"
-        return " | ".join("None" if t is type(None) else t.__name__ for t in self.types)
+        # As annotations read: "float | None".
+        shown = sorted(self.types, key=lambda t: t is type(None))
+        return " | ".join("None" if t is type(None) else t.__name__ for t in shown)
 
 
 def _types(annotation: Any, default: Any) -> tuple[type, ...]:
