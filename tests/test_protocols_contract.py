@@ -61,7 +61,9 @@ class _Forgetful(Protocol):
 
 
 def test_the_suite_names_the_protocol_and_the_broken_promise() -> None:
-    with pytest.raises(ProtocolCheckError, match=r"protocol _Forgetful, check fit_predict: .*int64"):
+    with pytest.raises(
+        ProtocolCheckError, match=r"protocol _Forgetful, check fit_predict: .*int64"
+    ):
         check_protocol(_Forgetful, checks=["fit_predict"])
     with pytest.raises(ProtocolCheckError, match="predict before fit: raised nothing"):
         check_protocol(_Forgetful, checks=["refuses_bad_features"])

@@ -107,9 +107,7 @@ def _protocol_list() -> Any:
         runs = ("default" if cls.default else "when named") + (
             "" if cls.supervised else ", label-free"
         )
-        settings = ", ".join(
-            f"{p.name}: {p.type_text()} = {p.default!r}" for p in parameters(cls)
-        )
+        settings = ", ".join(f"{p.name}: {p.type_text()} = {p.default!r}" for p in parameters(cls))
         table.add_row(name, runs, settings)
     return table
 

@@ -27,6 +27,14 @@ from featkit.cost import measure
 from featkit.errors import FeatkitError
 from featkit.evaluation.checks import check_data, check_same_images, warn_small_test_classes
 from featkit.evaluation.records import data_id, episode_records
+
+# ProtocolSpec and protocol_grid stay importable from here, beside ProbeSettings.
+from featkit.evaluation.specs import (  # noqa: F401
+    ProtocolSpec,
+    default_specs,
+    label_free_protocol,
+    protocol_grid,
+)
 from featkit.evaluation.splits import (
     DEFAULT_EPISODES,
     DEFAULT_TEST_FRACTION,
@@ -37,13 +45,6 @@ from featkit.evaluation.splits import (
 )
 from featkit.metrics import DEFAULT_BOOTSTRAP, clustering_metrics, match_clusters
 from featkit.progress import SILENT, Progress
-# ProtocolSpec and protocol_grid stay importable from here, beside ProbeSettings.
-from featkit.evaluation.specs import (  # noqa: F401
-    ProtocolSpec,
-    default_specs,
-    label_free_protocol,
-    protocol_grid,
-)
 from featkit.protocols import Protocol
 from featkit.results.io import (
     CONFUSION_COLUMNS,

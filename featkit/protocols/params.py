@@ -60,9 +60,7 @@ def parameters(cls: type[Protocol]) -> list[ParamInfo]:
         hints = {}
     signature = inspect.signature(cls.__init__)
     return [
-        ParamInfo(
-            p.name, _types(hints.get(p.name, inspect.Parameter.empty), p.default), p.default
-        )
+        ParamInfo(p.name, _types(hints.get(p.name, inspect.Parameter.empty), p.default), p.default)
         for p in signature.parameters.values()
         if p.name in cls.param_names()
     ]
@@ -96,8 +94,7 @@ def parse_param(text: str, option: str = "--param") -> tuple[str, str, list[Any]
     name, dot, setting = target.strip().partition(".")
     if not (sep and dot and name and setting):
         raise FeatkitError(
-            f"{option}: expected PROTOCOL.SETTING=VALUE[,VALUE…] (e.g. knn.k=10,20), "
-            f"got {text!r}"
+            f"{option}: expected PROTOCOL.SETTING=VALUE[,VALUE…] (e.g. knn.k=10,20), got {text!r}"
         )
     try:
         cls = get_protocol_class(name)

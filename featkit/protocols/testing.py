@@ -307,7 +307,9 @@ def check_protocol(
     names = list(CHECKS) if checks is None else list(checks)
     unknown = [n for n in names if n not in CHECKS]
     if unknown:
-        raise ValueError(f"check_protocol: expected checks among {', '.join(CHECKS)}, got {unknown}")
+        raise ValueError(
+            f"check_protocol: expected checks among {', '.join(CHECKS)}, got {unknown}"
+        )
     subject = Subject(cls, dict(params or {}))
     for name in names:
         try:
