@@ -74,6 +74,7 @@ def test_probe_runs_logistic_and_balanced_on_a_named_store(tmp_path: Path) -> No
         ("ok", ["--param", "knnn.k=5"], "did you mean knn?"),
         ("ok", ["--param", "logistic.c=1"], "got logistic (add it to --protocols)"),
         ("ok", ["--param", "knn.k"], "expected PROTOCOL.SETTING=VALUE"),
+        ("ok", ["--param", "kmeans.n_init=0"], "kmeans n_init: expected an integer ≥ 1, got 0"),
         ("none", [], "expected stores"),
     ],
 )

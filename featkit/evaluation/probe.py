@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from featkit.cost import measure
 from featkit.errors import FeatkitError
 from featkit.evaluation.checks import check_data, check_same_images, warn_small_test_classes
 from featkit.evaluation.records import data_id, episode_records
+from featkit.evaluation.rows import ProbeResults
 
 # ProtocolSpec and protocol_grid stay importable from here, beside ProbeSettings.
 from featkit.evaluation.specs import (  # noqa: F401
@@ -99,41 +100,6 @@ class EvalData:
     label_names: tuple[str, ...] = ()
     fingerprint: Mapping[str, Any] | str = ""
     store: str = ""
-
-
-@dataclass
-class ProbeResults:
-    """Long result rows plus per-class recall and confusion counts (contract columns)."""
-
-    results: pd.DataFrame = field(
-        default_factory=lambda: pd.DataFrame(columns=list(RESULT_COLUMNS))
-    )
-    per_class: pd.DataFrame = field(
-        default_factory=lambda: pd.DataFrame(columns=list(PER_CLASS_COLUMNS))
-    )
-    confusion: pd.DataFrame = field(
-        default_factory=lambda: pd.DataFrame(columns=list(CONFUSION_COLUMNS))
-    )
-
-    @classmethod
-    def concat(cls, parts: Iterable[ProbeResults]) -> ProbeResults:
-        parts = list(parts)
-        if not parts:
-            return cls()
-
-        def join(frames: list[pd.DataFrame], columns: tuple[str, ...]) -> pd.DataFrame:
-            frames = [f for f in frames if not f.empty]
-            return (
-                pd.concat(frames, ignore_index=True)
-                if frames
-                else pd.DataFrame(columns=list(columns))
-            )
-
-        return cls(
-            join([p.results for p in parts], RESULT_COLUMNS),
-            join([p.per_class for p in parts], PER_CLASS_COLUMNS),
-            join([p.confusion for p in parts], CONFUSION_COLUMNS),
-        )
 
 
 def _episodes(

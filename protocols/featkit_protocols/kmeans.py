@@ -38,6 +38,10 @@ class KMeans(Protocol):
     def fit(self, X: ArrayLike, y: ArrayLike | None = None) -> KMeans:
         import faiss
 
+        for setting in ("n_init", "max_iter"):
+            value = getattr(self, setting)
+            if not (isinstance(value, int | np.integer) and value >= 1):
+                raise FeatkitError(f"kmeans {setting}: expected an integer ≥ 1, got {value!r}")
         features = l2_normalize(self._check_X(X, fitting=True))
         k = self.n_clusters
         if k is None and y is not None:
