@@ -12,11 +12,11 @@ $(BIN)/featkit-installed: pyproject.toml
 	touch $@
 
 lint: $(BIN)/featkit-installed
-	$(BIN)/ruff check featkit tests benchmarks examples
-	$(BIN)/ruff format --check featkit tests benchmarks examples
+	$(BIN)/ruff check featkit protocols tests benchmarks examples
+	$(BIN)/ruff format --check featkit protocols tests benchmarks examples
 
 typecheck: $(BIN)/featkit-installed
-	$(BIN)/mypy featkit
+	$(BIN)/mypy featkit protocols/featkit_protocols
 
 test: lint typecheck
 	$(BIN)/python -m pytest -q

@@ -23,7 +23,7 @@ from threadpoolctl import threadpool_limits
 
 from featkit.metrics import balanced_accuracy
 from featkit.protocols import create_protocol
-from featkit.protocols.logistic import c_grid
+from featkit_protocols.logistic import c_grid
 
 
 def main() -> None:

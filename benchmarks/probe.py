@@ -32,7 +32,7 @@ from featkit.evaluation.probe import EvalData, ProbeSettings, evaluate_arrays
 from featkit.evaluation.splits import parse_shots, train_test_split
 from featkit.metrics import balanced_accuracy
 from featkit.protocols import create_protocol
-from featkit.protocols.logistic import c_grid, selection_folds
+from featkit_protocols.logistic import c_grid, selection_folds
 
 
 def synthetic(
@@ -201,7 +201,7 @@ def width_sweep(
     """
     from sklearn.linear_model import LogisticRegression
 
-    from featkit.protocols.logistic import pick_c
+    from featkit_protocols.logistic import pick_c
 
     grid = c_grid()
     tried = list(range(0, len(grid), sklearn_every))

@@ -166,7 +166,7 @@ def knn_child(args: argparse.Namespace) -> None:
 
     from featkit.neighbors.exact import streamed_exact_search
     from featkit.neighbors.search import NeighborIndex
-    from featkit.protocols.knn import weighted_votes
+    from featkit_protocols.knn import weighted_votes
 
     if args.threads:
         faiss.omp_set_num_threads(args.threads)

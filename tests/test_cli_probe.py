@@ -24,14 +24,14 @@ def _probe(*args: str) -> tuple[int, str]:
 def test_probe_prints_the_table_and_writes_the_csvs(tmp_path: Path) -> None:
     make_store(tmp_path, "model_a")
     make_store(tmp_path, "model_b", seed=1)
-    code, output = _probe("-w", str(tmp_path), "--shots", "1,5", "--knn-k", "3,10", *FAST)
+    code, output = _probe("-w", str(tmp_path), "--shots", "1,5", "--param", "knn.k=3,10", *FAST)
     assert code == 0, output
     assert "balanced accuracy" in output and "5-shot" in output
     assert "knn k=3" in output and "knn k=10" in output and "model_b" in output
     files = {p.name for p in (tmp_path / "results").iterdir() if not p.name.startswith(".")}
     assert files == {"results.csv", "summary.csv", "per_class.csv", "confusion.csv"}
     rows = pd.read_csv(tmp_path / "results" / "results.csv")
-    code, _ = _probe("-w", str(tmp_path), "--shots", "1,5", "--knn-k", "3,10", *FAST)
+    code, _ = _probe("-w", str(tmp_path), "--shots", "1,5", "--param", "knn.k=3,10", *FAST)
     assert code == 0
     assert len(pd.read_csv(tmp_path / "results" / "results.csv")) == len(rows)  # no duplicates
 
@@ -69,7 +69,12 @@ def test_probe_runs_logistic_and_balanced_on_a_named_store(tmp_path: Path) -> No
         ("nan", [], "expected finite cls features, got NaN/inf in 1 image"),
         ("ok", ["--protocols", "knnn"], "did you mean knn?"),
         ("ok", ["--feature", "patches"], "--feature: expected cls"),
-        ("ok", ["--knn-k", "ten"], "--knn-k: expected a comma-separated list of int"),
+        ("ok", ["--knn-k", "ten"], "--knn-k knn.k: expected int, got 'ten'"),
+        ("ok", ["--param", "knn.kk=5"], "got 'kk' (did you mean knn.k?)"),
+        ("ok", ["--param", "knnn.k=5"], "did you mean knn?"),
+        ("ok", ["--param", "logistic.c=1"], "got logistic (add it to --protocols)"),
+        ("ok", ["--param", "knn.k"], "expected PROTOCOL.SETTING=VALUE"),
+        ("ok", ["--param", "kmeans.n_init=0"], "kmeans n_init: expected an integer ≥ 1, got 0"),
         ("none", [], "expected stores"),
     ],
 )
@@ -92,7 +97,30 @@ def test_bad_input_gives_one_line_and_exit_2(
 
 def test_help_has_examples() -> None:
     code, output = _probe("--help")
-    assert code == 0 and "Examples:" in output and "--knn-k" in output
+    assert code == 0 and "Examples:" in output and "--param knn.k=10,20" in output
+    assert "--list-protocols" in output and "--knn-k" not in output  # aliases are hidden
+
+
+def test_list_protocols_shows_every_protocol_with_typed_settings() -> None:
+    code, output = _probe("--list-protocols")
+    assert code == 0, output
+    text = " ".join(output.split())
+    for name in ("knn", "logistic", "prototype", "balanced", "kmeans"):
+        assert name in text
+    assert "k: int = 20" in text and "c: float | None = None" in text
+    assert "label-free" in text
+
+
+def test_old_flags_are_spellings_of_param(tmp_path: Path) -> None:
+    make_store(tmp_path)
+    args = ["-w", str(tmp_path), "--shots", "5", "--protocols", "knn", "--episodes", "1"]
+    assert _probe(*args, "--knn-k", "3", "--knn-t", "0.1")[0] == 0
+    first = pd.read_csv(tmp_path / "results" / "results.csv")
+    code, output = _probe(*args, "--param", "knn.k=3", "--param", "knn.temperature=0.1")
+    assert code == 0 and "knn" in output
+    again = pd.read_csv(tmp_path / "results" / "results.csv")
+    assert set(again["run_id"]) == set(first["run_id"])  # the same runs, not new ones
+    assert first["params"].str.contains("k=3").all()
 
 
 def test_import_then_probe(tmp_path: Path) -> None:

@@ -289,7 +289,7 @@ def test_probe_checks_every_store_before_evaluating(tmp_path: Path) -> None:
 def test_what_a_protocol_chose_is_recorded_beside_its_rows(tmp_path: Path) -> None:
     import json
 
-    from featkit.protocols.logistic import Logistic
+    from featkit_protocols.logistic import Logistic
 
     store = make_store(tmp_path, "model_a")
     settings = ProbeSettings(

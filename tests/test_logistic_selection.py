@@ -9,7 +9,7 @@ from sklearn.linear_model import LogisticRegression
 
 from featkit.metrics import balanced_accuracy
 from featkit.protocols import create_protocol
-from featkit.protocols.logistic import c_grid, pick_c, selection_folds
+from featkit_protocols.logistic import c_grid, pick_c, selection_folds
 
 
 @pytest.fixture(scope="module")

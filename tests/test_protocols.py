@@ -11,7 +11,7 @@ from threadpoolctl import threadpool_limits
 from featkit.errors import FeatkitError
 from featkit.metrics import balanced_accuracy, clustering_metrics
 from featkit.protocols import create_protocol, imbalance
-from featkit.protocols.logistic import c_grid, selection_folds
+from featkit_protocols.logistic import c_grid, selection_folds
 
 
 def _blobs(

@@ -1,16 +1,25 @@
-"""The contract every registered protocol keeps (built-ins and plugins alike)."""
+"""The contract every registered protocol keeps (built-ins and plugins alike): the
+installed conformance suite, featkit.protocols.testing, over every registered protocol,
+and the registry's single door (entry points)."""
 
 from __future__ import annotations
 
-import pickle
+from importlib import metadata
 from typing import Any
 
 import numpy as np
 import pytest
 
 from featkit.errors import FeatkitError
-from featkit.metrics import clustering_metrics
-from featkit.protocols import Protocol, create_protocol, list_protocols, register_protocol, registry
+from featkit.protocols import (
+    Protocol,
+    create_protocol,
+    list_protocols,
+    ordered_protocols,
+    register_protocol,
+    registry,
+)
+from featkit.protocols.testing import CHECKS, ProtocolCheckError, check_protocol
 
 # Small, quick settings: the contract is about behaviour, not about the defaults' cost.
 QUICK: dict[str, dict[str, Any]] = {
@@ -20,93 +29,46 @@ QUICK: dict[str, dict[str, Any]] = {
 }
 
 
-def _make(name: str) -> Protocol:
-    return create_protocol(name, **QUICK.get(name, {}))
-
-
-@pytest.fixture(scope="module")
-def blobs() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(3, 12)) * 4
-    y = np.repeat(np.arange(3), [30, 20, 14])
-    X = (centres[y] + rng.normal(size=(y.size, 12)) + 5).astype(np.float32)
-    test = np.arange(y.size) % 4 == 0
-    return X[~test], y[~test], X[test], y[test]
-
-
+@pytest.mark.parametrize("check", list(CHECKS))
 @pytest.mark.parametrize("name", list_protocols())
-def test_fit_predict_on_blobs(name: str, blobs: tuple[np.ndarray, ...]) -> None:
-    X, y, X_test, y_test = blobs
-    model = _make(name)
-    assert model.fit(X, y) is model
-    predicted = model.predict(X_test)
-    assert predicted.shape == y_test.shape and predicted.dtype == np.int64
-    if model.supervised:
-        assert set(model.classes_.tolist()) == {0, 1, 2}
-        assert np.mean(predicted == y_test) > 0.9
-        if hasattr(model, "predict_proba"):
-            proba = model.predict_proba(X_test)
-            assert proba.shape == (y_test.size, 3)
-            np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
-    else:
-        assert clustering_metrics(y_test, predicted)["accuracy"] > 0.9
+def test_conformance(name: str, check: str) -> None:
+    assert check_protocol(name, QUICK.get(name), checks=[check]) == [check]
 
 
-@pytest.mark.parametrize("name", list_protocols())
-def test_same_settings_same_result(name: str, blobs: tuple[np.ndarray, ...]) -> None:
-    X, y, X_test, _ = blobs
-    first = _make(name).fit(X, y).predict(X_test)
-    second = _make(name).fit(X, y).predict(X_test)
-    assert np.array_equal(first, second)
+def test_the_built_ins_arrive_through_entry_points_in_display_order() -> None:
+    declared = {e.name: e.value for e in metadata.entry_points(group="featkit.protocols")}
+    for name in ("knn", "logistic", "prototype", "balanced", "kmeans"):
+        assert declared[name].startswith(f"featkit_protocols.{name}:")
+    assert ordered_protocols(default_only=True) == [
+        "knn",
+        "logistic",
+        "prototype",
+        "balanced",
+        "kmeans",
+    ]
 
 
-@pytest.mark.parametrize("name", list_protocols())
-def test_predict_before_fit_is_an_error(name: str, blobs: tuple[np.ndarray, ...]) -> None:
-    with pytest.raises(FeatkitError, match="fit"):
-        _make(name).predict(blobs[2])
+class _Forgetful(Protocol):
+    """Breaks the contract: predicts before fit without an error, returns float labels."""
+
+    def fit(self, X: Any, y: Any = None) -> _Forgetful:
+        self._check_Xy(X, y)
+        self.classes_ = np.unique(np.asarray(y))
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        return np.zeros(len(X))
 
 
-@pytest.mark.parametrize("name", list_protocols())
-def test_one_dimensional_and_nan_input_are_errors(name: str, blobs: tuple[np.ndarray, ...]) -> None:
-    X, y, X_test, _ = blobs
-    with pytest.raises(FeatkitError, match="expected a 2-D array"):
-        _make(name).fit(X[:, 0], y)
-    bad = X.copy()
-    bad[3, 2] = np.nan
-    with pytest.raises(FeatkitError, match="finite"):
-        _make(name).fit(bad, y)
-    model = _make(name).fit(X, y)
-    with pytest.raises(FeatkitError, match="expected a 2-D array"):
-        model.predict(X_test[0])
-    with pytest.raises(FeatkitError, match="columns"):
-        model.predict(X_test[:, :5])
-
-
-@pytest.mark.parametrize("name", [n for n in list_protocols() if create_protocol(n).supervised])
-def test_supervised_protocols_need_two_classes_and_matching_labels(
-    name: str, blobs: tuple[np.ndarray, ...]
-) -> None:
-    X, y, _, _ = blobs
-    with pytest.raises(FeatkitError, match="at least 2 classes"):
-        _make(name).fit(X, np.zeros(len(X), dtype=np.int64))
-    with pytest.raises(FeatkitError, match="labels"):
-        _make(name).fit(X, y[:-1])
-
-
-@pytest.mark.parametrize("name", list_protocols())
-def test_pickle_round_trip(name: str, blobs: tuple[np.ndarray, ...]) -> None:
-    X, y, X_test, _ = blobs
-    model = _make(name).fit(X, y)
-    copy = pickle.loads(pickle.dumps(model))
-    assert np.array_equal(copy.predict(X_test), model.predict(X_test))
-
-
-@pytest.mark.parametrize("name", list_protocols())
-def test_params_round_trip(name: str) -> None:
-    model = _make(name)
-    again = create_protocol(name, **model.get_params())
-    assert again.get_params() == model.get_params()
-    assert name in repr(model) or type(model).__name__ in repr(model)
+def test_the_suite_names_the_protocol_and_the_broken_promise() -> None:
+    with pytest.raises(
+        ProtocolCheckError, match=r"protocol _Forgetful, check fit_predict: .*int64"
+    ):
+        check_protocol(_Forgetful, checks=["fit_predict"])
+    with pytest.raises(ProtocolCheckError, match="predict before fit: raised nothing"):
+        check_protocol(_Forgetful, checks=["refuses_bad_features"])
+    with pytest.raises(ValueError, match="expected checks among"):
+        check_protocol(_Forgetful, checks=["no_such_check"])
 
 
 def test_unknown_names_and_settings_suggest_close_ones() -> None:
@@ -133,34 +95,68 @@ class _Plugin(Protocol):
         return np.full(len(self._check_X(X)), self.majority_, dtype=np.int64)
 
 
-def test_entry_point_plugins_are_discovered(monkeypatch: pytest.MonkeyPatch) -> None:
-    class FakeEntryPoint:
-        name = "majority"
+class _Dist:
+    def __init__(self, name: str) -> None:
+        self.name = name
 
-        def load(self) -> type[Protocol]:
-            return _Plugin
 
-    class Broken(FakeEntryPoint):
-        name = "broken"
+class _EntryPoint:
+    """What importlib.metadata hands the registry: a name, a target, its distribution."""
 
-        def load(self) -> type[Protocol]:
-            raise ImportError("missing dependency")
+    def __init__(self, name: str, target: Any, dist: str = "majority-plugin") -> None:
+        self.name, self.value, self.dist = name, f"tests:{name}", _Dist(dist)
+        self.target = target
 
-    def entry_points(group: str) -> list[FakeEntryPoint]:
+    def load(self) -> Any:
+        if isinstance(self.target, Exception):
+            raise self.target
+        return self.target
+
+
+def _only_entry_points(monkeypatch: pytest.MonkeyPatch, *fake: _EntryPoint) -> None:
+    real = list(metadata.entry_points(group="featkit.protocols"))
+
+    def entry_points(group: str) -> list[Any]:
         assert group == "featkit.protocols"
-        return [FakeEntryPoint(), Broken()]
+        return [*real, *fake]
 
     monkeypatch.setattr(registry.metadata, "entry_points", entry_points)
     monkeypatch.setattr(registry, "_plugins_loaded", False)
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    assert "majority" in list_protocols() and "broken" not in list_protocols()
+    monkeypatch.setattr(registry, "_REGISTRY", {})
+    monkeypatch.setattr(registry, "_SOURCES", {})
+
+
+def test_entry_point_plugins_are_discovered(monkeypatch: pytest.MonkeyPatch) -> None:
+    _only_entry_points(
+        monkeypatch,
+        _EntryPoint("majority", _Plugin),
+        _EntryPoint("broken", ImportError("missing dependency")),
+        _EntryPoint("not-a-class", len),
+    )
+    names = list_protocols()
+    assert "majority" in names and "knn" in names
+    assert "broken" not in names and "not-a-class" not in names
     model = create_protocol("majority").fit(np.ones((4, 2)), [1, 1, 1, 0])
     assert model.predict(np.ones((2, 2))).tolist() == [1, 1]
+    # Not a default and no display order: run only when named, listed after the built-ins.
+    assert "majority" not in ordered_protocols(default_only=True)
+    assert ordered_protocols()[-1] == "majority"
+
+
+def test_two_distributions_declaring_one_name_is_an_error_naming_both(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _only_entry_points(monkeypatch, _EntryPoint("knn", _Plugin, dist="knn-deluxe"))
+    with pytest.raises(FeatkitError, match=r"distribution featkit .*distribution knn-deluxe"):
+        list_protocols()
+    with pytest.raises(FeatkitError, match="expected one owner"):  # every call, not once
+        create_protocol("prototype")
 
 
 def test_register_protocol_rejects_a_second_owner_of_a_name(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    list_protocols()
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ValueError, match="already registered by distribution featkit"):
         register_protocol("knn")(_Plugin)

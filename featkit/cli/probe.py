@@ -40,18 +40,76 @@ def _list(text: str, option: str, cast: Callable[[str], Any]) -> list[Any]:
     return values
 
 
-def _specs(protocols: str, options: dict[str, dict[str, list[Any]]]) -> list[ProtocolSpec]:
-    from featkit.evaluation.probe import protocol_grid
-    from featkit.protocols import get_protocol_class
+# The options before --param, kept as hidden spellings of it: (flag, protocol.setting).
+_ALIASES = {
+    "knn_k": ("--knn-k", "knn.k"),
+    "knn_t": ("--knn-t", "knn.temperature"),
+    "logistic_c": ("--logistic-c", "logistic.c"),
+    "logistic_max_iter": ("--logistic-max-iter", "logistic.max_iter"),
+    "balanced_base": ("--balanced-base", "balanced.base"),
+    "balanced_beta": ("--balanced-beta", "balanced.beta"),
+    "balanced_tau": ("--balanced-tau", "balanced.tau"),
+    "kmeans_n_init": ("--kmeans-n-init", "kmeans.n_init"),
+}
 
-    names = list(dict.fromkeys(_list(protocols, "--protocols", str)))
+
+def _grids(params: Sequence[str], aliases: dict[str, Any]) -> dict[str, dict[str, list[Any]]]:
+    """``--param knn.k=10,20`` (and the hidden aliases) → ``{"knn": {"k": [10, 20]}}``."""
+    from featkit.protocols.params import parse_param
+
+    given = [("--param", text) for text in params]
+    for key, value in aliases.items():
+        if value is not None:
+            flag, target = _ALIASES[key]
+            given.append((flag, f"{target}={value}"))
+    grids: dict[str, dict[str, list[Any]]] = {}
+    for option, text in given:
+        name, setting, values = parse_param(text, option)
+        if setting in grids.setdefault(name, {}):
+            raise FeatkitError(f"{option} {name}.{setting}: expected it once, got it twice")
+        grids[name][setting] = values
+    return grids
+
+
+def _specs(protocols: str | None, grids: dict[str, dict[str, list[Any]]]) -> list[ProtocolSpec]:
+    from featkit.evaluation.probe import protocol_grid
+    from featkit.protocols import get_protocol_class, ordered_protocols
+
+    if protocols is None:
+        names = ordered_protocols(default_only=True)
+    else:
+        names = list(dict.fromkeys(_list(protocols, "--protocols", str)))
     if not names:
         raise FeatkitError("--protocols: expected at least one protocol name, got none")
-    specs = []
     for name in names:
         get_protocol_class(name)  # unknown names fail here, with close matches
-        specs += protocol_grid(name, options.get(name, {}))
-    return specs
+    stray = [n for n in grids if n not in names]
+    if stray:
+        raise FeatkitError(
+            f"--param {stray[0]}.…: expected a protocol that runs ({', '.join(names)}), "
+            f"got {stray[0]} (add it to --protocols)"
+        )
+    return [spec for name in names for spec in protocol_grid(name, grids.get(name, {}))]
+
+
+def _protocol_list() -> Any:
+    """Every installed protocol with its settings, types and defaults (--list-protocols)."""
+    from rich.table import Table
+
+    from featkit.protocols import get_protocol_class, ordered_protocols
+    from featkit.protocols.params import parameters
+
+    table = Table(title="protocols (--protocols NAME; settings: --param NAME.SETTING=V1,V2)")
+    for column in ("protocol", "runs", "settings"):
+        table.add_column(column, no_wrap=column != "settings")
+    for name in ordered_protocols():
+        cls = get_protocol_class(name)
+        runs = ("default" if cls.default else "when named") + (
+            "" if cls.supervised else ", label-free"
+        )
+        settings = ", ".join(f"{p.name}: {p.type_text()} = {p.default!r}" for p in parameters(cls))
+        table.add_row(name, runs, settings)
+    return table
 
 
 def _label(spec: ProtocolSpec, varying: set[str]) -> str:
@@ -124,8 +182,12 @@ def probe(
     test_fraction: float = typer.Option(
         0.2, "--test-fraction", help="Test share per class when the data name no test split."
     ),
-    protocols: str = typer.Option(
-        "knn,logistic,prototype,balanced,kmeans", "--protocols", help="Comma-separated protocols."
+    protocols: str | None = typer.Option(
+        None,
+        "--protocols",
+        help="Comma-separated protocols; default: every installed protocol marked default "
+        "(see --list-protocols).",
+        show_default=False,
     ),
     feature: str = typer.Option(
         "cls",
@@ -134,24 +196,25 @@ def probe(
         "linear-evaluation features, CLS of the last k blocks; extract with --layers k); "
         "comma-separated for several.",
     ),
-    knn_k: str = typer.Option("20", "--knn-k", help="knn: neighbours (list: 10,20)."),
-    knn_t: str = typer.Option("0.07", "--knn-t", help="knn: temperature T of exp(sim/T) (list)."),
-    logistic_c: str = typer.Option(
-        "", "--logistic-c", help="logistic: fixed C (list); default: chosen on the official grid."
+    params: list[str] = typer.Option(
+        None,
+        "--param",
+        help="A protocol setting, PROTOCOL.SETTING=V1,V2 (several values: a grid); "
+        "repeatable. Settings and types: --list-protocols.",
+        show_default=False,
     ),
-    logistic_max_iter: int = typer.Option(
-        100, "--logistic-max-iter", help="logistic: L-BFGS iterations per C."
+    list_protocols: bool = typer.Option(
+        False, "--list-protocols", help="List the installed protocols and their settings."
     ),
-    balanced_base: str = typer.Option(
-        "logistic", "--balanced-base", help="balanced: wrapped protocol (logistic, knn; list)."
-    ),
-    balanced_beta: str = typer.Option(
-        "0.999", "--balanced-beta", help="balanced: effective-number β in [0, 1) (list)."
-    ),
-    balanced_tau: str = typer.Option(
-        "1.0", "--balanced-tau", help="balanced: logit-adjustment τ ≥ 0 (list)."
-    ),
-    kmeans_n_init: int = typer.Option(3, "--kmeans-n-init", help="kmeans: restarts."),
+    # Hidden spellings of --param from before it existed (see _ALIASES).
+    knn_k: str | None = typer.Option(None, "--knn-k", hidden=True),
+    knn_t: str | None = typer.Option(None, "--knn-t", hidden=True),
+    logistic_c: str | None = typer.Option(None, "--logistic-c", hidden=True),
+    logistic_max_iter: int | None = typer.Option(None, "--logistic-max-iter", hidden=True),
+    balanced_base: str | None = typer.Option(None, "--balanced-base", hidden=True),
+    balanced_beta: str | None = typer.Option(None, "--balanced-beta", hidden=True),
+    balanced_tau: str | None = typer.Option(None, "--balanced-tau", hidden=True),
+    kmeans_n_init: int | None = typer.Option(None, "--kmeans-n-init", hidden=True),
     workspace: Path | None = WORKSPACE_OPTION,
     splits: int = typer.Option(
         1,
@@ -161,7 +224,7 @@ def probe(
     select: bool = typer.Option(
         False,
         "--select",
-        help="Treat each protocol's grid (e.g. --knn-k 10,20,50) as one method: choose the "
+        help="Treat each protocol's grid (e.g. --param knn.k=10,20,50) as one method: choose the "
         "setting per episode on a validation split of the training images, never on test.",
     ),
     force: bool = typer.Option(
@@ -173,8 +236,9 @@ def probe(
         help="Evaluate stores of one dataset even when they hold different images.",
     ),
 ) -> None:
-    """Evaluate stored features with k-NN, logistic regression, prototypes, class-balanced
-    and clustering protocols; write results/*.csv and print balanced accuracy.
+    """Evaluate stored features with every installed protocol (k-NN, logistic
+    regression, prototypes, class-balanced, clustering and plugins); write
+    results/*.csv and print balanced accuracy.
 
     Every model is scored on the same train/test split and few-shot episodes (a function
     of image paths, labels and --seed). Rerunning replaces rows, it never duplicates them.
@@ -183,15 +247,17 @@ def probe(
 
       featkit probe --shots 1,5,10
 
-      featkit probe runs/pets/dinov2_vits14.h5 --protocols knn,logistic --knn-k 10,20
+      featkit probe runs/pets/dinov2_vits14.h5 --protocols knn,logistic --param knn.k=10,20
 
       featkit probe --shots 5,all --feature cls,cls+patch_mean --episodes 20 --seed 1
 
-      featkit probe --protocols balanced --balanced-beta 0.99,0.999 --balanced-tau 0,1
+      featkit probe --protocols balanced --param balanced.beta=0.99,0.999 --param balanced.tau=0,1
 
       featkit probe --shots 5,all --splits 5   # 'all' as 5-fold: every image tested once
 
-      featkit probe --knn-k 5,10,20,50 --select   # k chosen on validation, not on test
+      featkit probe --param knn.k=5,10,20,50 --select   # k chosen on validation, not on test
+
+      featkit probe --list-protocols   # installed protocols (plugins too) and their settings
 
     An unchanged rerun returns the stored results at once (--force recomputes).
     """
@@ -202,21 +268,21 @@ def probe(
     from featkit.store.writer import FEATURE_KINDS_HELP, is_feature_kind
     from featkit.workspace import find_stores, results_dir
 
+    if list_protocols:
+        out.print(_protocol_list())
+        return
     ws = resolve_workspace(workspace)
-    logistic: dict[str, list[Any]] = {"max_iter": [logistic_max_iter]}
-    if logistic_c.strip():
-        logistic["c"] = _list(logistic_c, "--logistic-c", float)
-    options: dict[str, dict[str, list[Any]]] = {
-        "knn": {"k": _list(knn_k, "--knn-k", int), "temperature": _list(knn_t, "--knn-t", float)},
-        "logistic": logistic,
-        "balanced": {
-            "base": _list(balanced_base, "--balanced-base", str),
-            "beta": _list(balanced_beta, "--balanced-beta", float),
-            "tau": _list(balanced_tau, "--balanced-tau", float),
-        },
-        "kmeans": {"n_init": [kmeans_n_init]},
+    aliases = {
+        "knn_k": knn_k,
+        "knn_t": knn_t,
+        "logistic_c": logistic_c,
+        "logistic_max_iter": logistic_max_iter,
+        "balanced_base": balanced_base,
+        "balanced_beta": balanced_beta,
+        "balanced_tau": balanced_tau,
+        "kmeans_n_init": kmeans_n_init,
     }
-    specs = _specs(protocols, options)
+    specs = _specs(protocols, _grids(params or [], aliases))
     kinds = list(dict.fromkeys(_list(feature, "--feature", str)))
     unknown = [k for k in kinds if not is_feature_kind(k)]
     if unknown or not kinds:

@@ -12,10 +12,9 @@ episode number as their seed, ``k`` = number of test classes.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,15 @@ from featkit.cost import measure
 from featkit.errors import FeatkitError
 from featkit.evaluation.checks import check_data, check_same_images, warn_small_test_classes
 from featkit.evaluation.records import data_id, episode_records
+from featkit.evaluation.rows import ProbeResults
+
+# ProtocolSpec and protocol_grid stay importable from here, beside ProbeSettings.
+from featkit.evaluation.specs import (  # noqa: F401
+    ProtocolSpec,
+    default_specs,
+    label_free_protocol,
+    protocol_grid,
+)
 from featkit.evaluation.splits import (
     DEFAULT_EPISODES,
     DEFAULT_TEST_FRACTION,
@@ -38,69 +46,26 @@ from featkit.evaluation.splits import (
 )
 from featkit.metrics import DEFAULT_BOOTSTRAP, clustering_metrics, match_clusters
 from featkit.progress import SILENT, Progress
-from featkit.protocols import Protocol, create_protocol, get_protocol_class
+from featkit.protocols import Protocol
 from featkit.results.io import (
     CONFUSION_COLUMNS,
     PER_CLASS_COLUMNS,
     RESULT_COLUMNS,
-    canonical_params,
     run_id,
     write_results,
 )
 
 logger = logging.getLogger("featkit")
 
-DEFAULT_PROTOCOLS = ("knn", "logistic", "prototype", "balanced", "kmeans")
 FEATURE_KINDS = ("cls", "patch_mean", "cls+patch_mean")
-
-
-@dataclass(frozen=True)
-class ProtocolSpec:
-    """A protocol name with its settings; ``create()`` makes a fresh, unfitted instance."""
-
-    name: str
-    params: tuple[tuple[str, Any], ...] = ()
-
-    @classmethod
-    def of(cls, name: str, **params: Any) -> ProtocolSpec:
-        return cls(name, tuple(sorted(params.items())))
-
-    def create(self) -> Protocol:
-        return create_protocol(self.name, **dict(self.params))
-
-    @property
-    def supervised(self) -> bool:
-        return get_protocol_class(self.name).supervised
-
-    def params_string(self) -> str:
-        """Canonical ``key=value;…`` of every setting, defaults included (``run_id`` input).
-
-        A label-free protocol's ``seed`` is left out: the evaluation sets it to the
-        episode number, so episodes of one setting share one ``params``.
-        """
-        settings = self.create().get_params()
-        if not self.supervised:
-            settings.pop("seed", None)
-        return canonical_params(settings)
-
-
-def protocol_grid(
-    name: str, options: Mapping[str, Sequence[Any]] | None = None
-) -> list[ProtocolSpec]:
-    """One spec per combination: ``("knn", {"k": [10, 20]})`` → knn(k=10), knn(k=20)."""
-    options = {k: list(v) for k, v in (options or {}).items() if len(v)}
-    keys = sorted(options)
-    return [
-        ProtocolSpec(name, tuple(zip(keys, values, strict=True)))
-        for values in itertools.product(*(options[k] for k in keys))
-    ]
 
 
 @dataclass(frozen=True)
 class ProbeSettings:
     """What to evaluate; every field has the documented default."""
 
-    protocols: tuple[ProtocolSpec, ...] = tuple(ProtocolSpec(n) for n in DEFAULT_PROTOCOLS)
+    # Default: every registered protocol whose class says default = True.
+    protocols: tuple[ProtocolSpec, ...] = field(default_factory=default_specs)
     shots: tuple[Shots, ...] = parse_shots("1,5,10,all")
     # "cls" | "patch_mean" | "cls+patch_mean" | "cls<k>" | "cls<k>+avgpool" (Store.features)
     features: tuple[str, ...] = ("cls",)
@@ -142,41 +107,6 @@ class EvalData:
     store: str = ""
 
 
-@dataclass
-class ProbeResults:
-    """Long result rows plus per-class recall and confusion counts (contract columns)."""
-
-    results: pd.DataFrame = field(
-        default_factory=lambda: pd.DataFrame(columns=list(RESULT_COLUMNS))
-    )
-    per_class: pd.DataFrame = field(
-        default_factory=lambda: pd.DataFrame(columns=list(PER_CLASS_COLUMNS))
-    )
-    confusion: pd.DataFrame = field(
-        default_factory=lambda: pd.DataFrame(columns=list(CONFUSION_COLUMNS))
-    )
-
-    @classmethod
-    def concat(cls, parts: Iterable[ProbeResults]) -> ProbeResults:
-        parts = list(parts)
-        if not parts:
-            return cls()
-
-        def join(frames: list[pd.DataFrame], columns: tuple[str, ...]) -> pd.DataFrame:
-            frames = [f for f in frames if not f.empty]
-            return (
-                pd.concat(frames, ignore_index=True)
-                if frames
-                else pd.DataFrame(columns=list(columns))
-            )
-
-        return cls(
-            join([p.results for p in parts], RESULT_COLUMNS),
-            join([p.per_class for p in parts], PER_CLASS_COLUMNS),
-            join([p.confusion for p in parts], CONFUSION_COLUMNS),
-        )
-
-
 def _episodes(
     data: EvalData, settings: ProbeSettings, with_zero: bool, warn: bool = True
 ) -> list[Episode]:
@@ -202,17 +132,6 @@ def _scores(model: Protocol, X: NDArray[np.float32]) -> NDArray | None:
         if hasattr(model, method):
             return np.asarray(getattr(model, method)(X))
     return None
-
-
-def _label_free(spec: ProtocolSpec, episode: int, n_classes: int) -> Protocol:
-    """A label-free protocol seeded by the episode, with k = classes unless set."""
-    settings = dict(spec.params)
-    names = get_protocol_class(spec.name).param_names()
-    if "seed" in names:
-        settings["seed"] = episode
-    if "n_clusters" in names and settings.get("n_clusters") is None:
-        settings["n_clusters"] = n_classes
-    return create_protocol(spec.name, **settings)
 
 
 @dataclass(frozen=True)
@@ -276,9 +195,10 @@ def _jobs(data: EvalData, settings: ProbeSettings, draws: Sequence[Episode]) -> 
 
 
 def evaluate_arrays(
-    data: EvalData, settings: ProbeSettings = ProbeSettings(), progress: Progress = SILENT
+    data: EvalData, settings: ProbeSettings | None = None, progress: Progress = SILENT
 ) -> ProbeResults:
     """Run the sweep on one data set's arrays; nothing is written."""
+    settings = settings or ProbeSettings()
     settings = _with_selection(settings)
     check_data(data, settings)
     label_free = [s for s in settings.protocols if not s.supervised]
@@ -302,7 +222,7 @@ def evaluate_arrays(
                     predicted = model.predict(X[draw.test])
                     scores, score_classes = _scores(model, X[draw.test]), model.classes_.tolist()
                 else:
-                    model = _label_free(spec, draw.episode, int(np.unique(y_test).size))
+                    model = label_free_protocol(spec, draw.episode, int(np.unique(y_test).size))
                     clusters = model.fit(X[draw.test]).predict(X[draw.test])
             if not spec.supervised:
                 metrics = clustering_metrics(y_test, clusters)
@@ -364,8 +284,9 @@ def load_store(path: Path, features: Sequence[str]) -> EvalData:
 
 
 def probe_store(
-    path: Path, settings: ProbeSettings = ProbeSettings(), progress: Progress = SILENT
+    path: Path, settings: ProbeSettings | None = None, progress: Progress = SILENT
 ) -> ProbeResults:
+    settings = settings or ProbeSettings()
     return evaluate_arrays(load_store(Path(path), settings.features), settings, progress)
 
 
@@ -389,7 +310,7 @@ def _known(data: EvalData, settings: ProbeSettings, existing: ProbeResults) -> P
 
 def probe(
     stores: Sequence[Path],
-    settings: ProbeSettings = ProbeSettings(),
+    settings: ProbeSettings | None = None,
     workspace: Path | None = None,
     progress: Progress = SILENT,
     *,
@@ -408,6 +329,7 @@ def probe(
 
     if not stores:
         raise FeatkitError("stores: expected at least one store, got none")
+    settings = settings or ProbeSettings()
     images: dict[str, tuple[frozenset[str], Path]] = {}  # dataset → (paths, first store)
     for path in stores:  # validate everything first; arrays are read again below
         item = load_store(Path(path), settings.features)

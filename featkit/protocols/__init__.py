@@ -1,7 +1,10 @@
-"""Evaluation protocols on frozen features, one module each, registered by name.
+"""The protocol contract: base class, registry, text settings, shared helpers and the
+conformance suite (:mod:`featkit.protocols.testing`).
 
-Built in: ``knn``, ``logistic``, ``prototype``, ``balanced`` (wraps another protocol),
-``kmeans`` (label-free). See docs/protocols.md for definitions and references::
+The implementations live outside the core and arrive through the ``featkit.protocols``
+entry-point group: the built-ins (``knn``, ``logistic``, ``prototype``, ``balanced``,
+``kmeans``) in the ``featkit_protocols`` package shipped with featkit, others in their
+own distributions. See docs/protocols.md::
 
     from featkit.protocols import create_protocol, list_protocols
     knn = create_protocol("knn", k=20, temperature=0.07).fit(X_train, y_train)
@@ -10,15 +13,13 @@ Built in: ``knn``, ``logistic``, ``prototype``, ``balanced`` (wraps another prot
 
 from __future__ import annotations
 
-# Importing the built-in modules registers them (they are light: faiss and sklearn are
-# imported inside fit).
-from featkit.protocols import balanced, kmeans, knn, logistic, prototype  # noqa: F401
 from featkit.protocols.base import Protocol
 from featkit.protocols.registry import (
     ENTRY_POINT_GROUP,
     create_protocol,
     get_protocol_class,
     list_protocols,
+    ordered_protocols,
     register_protocol,
 )
 
@@ -28,5 +29,6 @@ __all__ = [
     "create_protocol",
     "get_protocol_class",
     "list_protocols",
+    "ordered_protocols",
     "register_protocol",
 ]

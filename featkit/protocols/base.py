@@ -22,9 +22,17 @@ from featkit.errors import FeatkitError
 class Protocol:
     """Base class: parameter handling and input validation shared by all protocols."""
 
-    name: ClassVar[str] = ""  # the registry name, set by @register_protocol
+    name: ClassVar[str] = ""  # the registry name (the entry point's), set on registration
     supervised: ClassVar[bool] = True  # False: fit ignores y, evaluated with shots = 0
     supports_sample_weight: ClassVar[bool] = False  # fit(X, y, sample_weight=…) is honoured
+    # What the probe sweep, the CLI and the report read instead of naming protocols:
+    default: ClassVar[bool] = False  # run by `featkit probe` when --protocols is not given
+    display_order: ClassVar[int] = 1000  # position in tables and listings (then by name)
+    # Label-free protocols: the setting the evaluation sets to the episode number (left
+    # out of the recorded params), and the one it sets to the number of test classes
+    # when left at None.
+    seed_param: ClassVar[str | None] = None
+    n_classes_param: ClassVar[str | None] = None
 
     classes_: NDArray[np.int64]
 

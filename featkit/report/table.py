@@ -38,17 +38,8 @@ BEST_RULE = (
     "cell of its column (a tie). A column with one cell marks nothing."
 )
 
-# Probes first (in the order a reader meets them in docs/protocols.md), then fine-tunes.
-_METHOD_ORDER = (
-    "knn",
-    "logistic",
-    "prototype",
-    "balanced",
-    "kmeans",
-    "finetune-linear",
-    "finetune-last-block",
-    "finetune-lora",
-)
+# Fine-tunes come after every probe, cheapest first.
+_FINETUNE_ORDER = ("finetune-linear", "finetune-last-block", "finetune-lora")
 
 
 def _method_labels(summary: pd.DataFrame) -> pd.Series:
@@ -69,8 +60,12 @@ def _method_labels(summary: pd.DataFrame) -> pd.Series:
     return pd.Series(labels, index=summary.index)
 
 
-def _method_rank(protocol: str) -> int:
-    return _METHOD_ORDER.index(protocol) if protocol in _METHOD_ORDER else len(_METHOD_ORDER)
+def _method_order() -> list[str]:
+    """Probes in their classes' ``display_order``, then fine-tunes; a protocol whose
+    rows exist but whose plugin is not installed here sorts after all of them."""
+    from featkit.protocols import ordered_protocols
+
+    return [*ordered_protocols(), *_FINETUNE_ORDER]
 
 
 def format_cell(mean: float, half: float, n: int, digits: int = 1) -> str:
@@ -364,8 +359,9 @@ def comparison_table(
         cells[column] = 100 * cells[column]
 
     columns = sorted(set(cells["shots"]), key=shots_sort_key)
+    ranks = {name: i for i, name in enumerate(_method_order())}
     order = (
-        cells.assign(_rank=cells["protocol"].map(_method_rank))
+        cells.assign(_rank=cells["protocol"].map(lambda p: ranks.get(p, len(ranks))))
         .sort_values(["dataset", "model", "_rank", "method"], kind="stable")
         .drop_duplicates(["dataset", "model", "method"])
     )

@@ -13,12 +13,13 @@ from numpy.typing import ArrayLike, NDArray
 
 from featkit.errors import FeatkitError
 from featkit.protocols.base import Protocol, l2_normalize, softmax
-from featkit.protocols.registry import register_protocol
 
 
-@register_protocol("prototype")
 class Prototype(Protocol):
     """CL2N nearest centroid; ``predict_proba`` is a softmax over −distance² / T."""
+
+    default = True  # part of the default sweep
+    display_order = 30
 
     def __init__(self, temperature: float = 0.1) -> None:
         # Only shapes predict_proba (and AUROC ties); predictions are the nearest prototype.

@@ -63,7 +63,6 @@ from numpy.typing import ArrayLike, NDArray
 from featkit.errors import FeatkitError
 from featkit.metrics import balanced_accuracy
 from featkit.protocols.base import Protocol, softmax, threads_for
-from featkit.protocols.registry import register_protocol
 
 OFFICIAL_C_RANGE = (-6.0, 5.0)  # log10 bounds of the DINOv2/v3 grid
 
@@ -232,9 +231,11 @@ def pick_c(scores: NDArray[np.float64], atol: float = 1e-12) -> int:
     return int(tied[(tied.size - 1) // 2])
 
 
-@register_protocol("logistic")
 class Logistic(Protocol):
     """Multinomial L2 logistic regression; C selected by balanced accuracy (module doc)."""
+
+    default = True  # part of the default sweep
+    display_order = 20
 
     supports_sample_weight = True
 

@@ -15,12 +15,15 @@ from numpy.typing import ArrayLike, NDArray
 
 from featkit.errors import FeatkitError
 from featkit.protocols.base import Protocol, l2_normalize, threads_for
-from featkit.protocols.registry import register_protocol
 
 
-@register_protocol("kmeans")
 class KMeans(Protocol):
     """Spherical k-means; ``predict`` returns cluster ids ``0 … k−1``."""
+
+    default = True  # part of the default sweep
+    display_order = 50
+    seed_param = "seed"  # the evaluation seeds each episode's restarts
+    n_classes_param = "n_clusters"  # None = the number of test classes
 
     supervised = False
 
@@ -35,6 +38,10 @@ class KMeans(Protocol):
     def fit(self, X: ArrayLike, y: ArrayLike | None = None) -> KMeans:
         import faiss
 
+        for setting in ("n_init", "max_iter"):
+            value = getattr(self, setting)
+            if not (isinstance(value, int | np.integer) and value >= 1):
+                raise FeatkitError(f"kmeans {setting}: expected an integer ≥ 1, got {value!r}")
         features = l2_normalize(self._check_X(X, fitting=True))
         k = self.n_clusters
         if k is None and y is not None:

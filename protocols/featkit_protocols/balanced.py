@@ -37,12 +37,14 @@ from featkit.protocols.imbalance import (
     class_balanced_weights,
     log_prior_offsets,
 )
-from featkit.protocols.registry import create_protocol, get_protocol_class, register_protocol
+from featkit.protocols.registry import create_protocol, get_protocol_class
 
 
-@register_protocol("balanced")
 class Balanced(Protocol):
     """Effective-number class weights + post-hoc logit adjustment around ``base``."""
+
+    default = True  # part of the default sweep
+    display_order = 40
 
     def __init__(
         self,

@@ -20,7 +20,6 @@ from numpy.typing import ArrayLike, NDArray
 
 from featkit.errors import FeatkitError
 from featkit.protocols.base import Protocol, l2_normalize, threads_for
-from featkit.protocols.registry import register_protocol
 
 #: Training rows used as queries to measure an approximate index's recall at fit time.
 RECALL_QUERIES = 1000
@@ -52,9 +51,11 @@ def weighted_votes(
     return np.divide(table, total, out=np.full_like(table, 1.0 / n_classes), where=total > 0)
 
 
-@register_protocol("knn")
 class KNN(Protocol):
     """k-NN with exp(sim/T)-weighted votes on L2-normalised features."""
+
+    default = True  # part of the default sweep
+    display_order = 10
 
     supports_sample_weight = True  # a neighbour's vote is multiplied by its weight
 
