@@ -1,0 +1,154 @@
+"""The workflow verbs as a notebook calls them: names or objects in, keyword defaults.
+
+Each verb is a thin door to the library call the CLI makes (same defaults, same files
+in the workspace); ``featkit.<verb>`` resolves here. Pass ``settings=`` to give the
+underlying settings object whole instead of keywords.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from featkit.progress import SILENT, Progress
+from featkit.workspace import DEFAULT_WORKSPACE
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from featkit.backbones.base import Backbone
+    from featkit.data.images import Dataset
+    from featkit.evaluation.probe import ProbeResults, ProbeSettings
+    from featkit.extraction.run import ExtractReport, ExtractSettings
+    from featkit.finetune import FinetuneRun, FinetuneSettings
+
+
+def extract(
+    data: Dataset | Path | str,
+    backbone: Backbone | str,
+    out: Path | str | None = None,
+    *,
+    workspace: Path | str = DEFAULT_WORKSPACE,
+    settings: ExtractSettings | None = None,
+    progress: Progress = SILENT,
+    **options: Any,
+) -> ExtractReport:
+    """Extract every image of ``data`` (a folder, CSV manifest or :class:`Dataset`) with
+    ``backbone`` (a name or a built one) into ``out`` (default: the workspace's store,
+    ``<workspace>/<dataset>/<model>.h5``). ``options`` are
+    :class:`~featkit.extraction.run.ExtractSettings` fields (``precision="fp32"``, ...)."""
+    from dataclasses import replace
+
+    from featkit.backbones import create_backbone
+    from featkit.data.images import discover
+    from featkit.extraction.run import ExtractSettings
+    from featkit.extraction.run import extract as run_extract
+    from featkit.workspace import store_path
+
+    dataset = discover(data) if isinstance(data, Path | str) else data
+    model = create_backbone(backbone) if isinstance(backbone, str) else backbone
+    chosen = replace(settings or ExtractSettings(), **options)
+    target = out or store_path(Path(workspace), dataset.name, chosen.model_name or model.name)
+    return run_extract(dataset, model, Path(target), chosen, progress)
+
+
+def probe(
+    stores: Sequence[Path | str] | None = None,
+    workspace: Path | str | None = DEFAULT_WORKSPACE,
+    *,
+    shots: str = "1,5,10,all",
+    episodes: int | None = None,
+    protocols: Sequence[str] | None = None,
+    features: Sequence[str] | None = None,
+    seed: int | None = None,
+    settings: ProbeSettings | None = None,
+    force: bool = False,
+    progress: Progress = SILENT,
+) -> ProbeResults:
+    """Evaluate ``stores`` (default: every store of ``workspace``) and merge the rows into
+    the workspace's results CSVs (``workspace=None``: write nothing). Keywords left at
+    None keep :class:`~featkit.evaluation.probe.ProbeSettings`'s defaults."""
+    from dataclasses import replace
+
+    from featkit.errors import FeatkitError
+    from featkit.evaluation.probe import ProbeSettings, ProtocolSpec
+    from featkit.evaluation.probe import probe as run_probe
+    from featkit.evaluation.splits import parse_shots
+    from featkit.workspace import find_stores
+
+    chosen = settings or ProbeSettings(shots=parse_shots(shots))
+    given = {"episodes": episodes, "seed": seed}
+    chosen = replace(chosen, **{k: v for k, v in given.items() if v is not None})
+    if protocols is not None:
+        chosen = replace(chosen, protocols=tuple(ProtocolSpec(name) for name in protocols))
+    if features is not None:
+        chosen = replace(chosen, features=tuple(features))
+    paths = [Path(s) for s in stores] if stores else find_stores(Path(workspace or "."))
+    if not paths:
+        raise FeatkitError(f"workspace {workspace}: expected stores (extract first), found none")
+    ws = Path(workspace) if workspace is not None else None
+    return run_probe(paths, chosen, ws, progress, force=force)
+
+
+def finetune(
+    source: Path | str,
+    backbone: Backbone | str | None = None,
+    *,
+    data: Path | str | None = None,
+    workspace: Path | str | None = DEFAULT_WORKSPACE,
+    shots: str = "1,5,10,all",
+    episodes: int | None = None,
+    seed: int = 0,
+    settings: FinetuneSettings | None = None,
+    progress: Progress = SILENT,
+    **options: Any,
+) -> FinetuneRun:
+    """Fine-tune on the probes' splits of ``source`` (a store, with ``data`` its images,
+    or an image folder / manifest). Without ``backbone`` a store's own is rebuilt from
+    its fingerprint (its random twin too). ``options`` are
+    :class:`~featkit.finetune.FinetuneSettings` fields (``method="linear"``, ``steps=5``)."""
+    from dataclasses import replace
+
+    from featkit.backbones import create_backbone
+    from featkit.errors import FeatkitError
+
+    # The integrator repoints this at featkit.tune once featkit/finetune.py moves there.
+    from featkit.finetune import DEFAULT_EPISODES, FinetuneSettings, labelled_images
+    from featkit.finetune import run_finetune
+    from featkit.neighbors.questions import rebuild_backbone
+    from featkit.store.reader import open_store
+
+    rows = labelled_images(Path(source), Path(data) if data is not None else None)
+    model_name = None
+    if isinstance(backbone, str):
+        backbone = create_backbone(backbone)
+    elif backbone is None:
+        if rows.store is None:
+            raise FeatkitError(f"{source}: expected a backbone with a data folder, got none")
+        with open_store(rows.store) as store:
+            backbone = rebuild_backbone(store)
+        model_name = rows.store_model
+    return run_finetune(
+        rows,
+        backbone,
+        replace(settings or FinetuneSettings(), **options),
+        shots=shots,
+        n_episodes=episodes or DEFAULT_EPISODES,
+        seed=seed,
+        workspace=Path(workspace) if workspace is not None else None,
+        model_name=model_name,
+        progress=progress,
+    )
+
+
+def read_results(
+    workspace: Path | str = DEFAULT_WORKSPACE, *, summary: bool = False
+) -> pd.DataFrame:
+    """The workspace's long result rows (one per episode and metric); ``summary=True``:
+    one row per configuration and metric, mean ± 95 % interval, as summary.csv holds."""
+    from featkit.results.io import read_results as read_rows
+    from featkit.results.io import summarize_results
+
+    rows = read_rows(Path(workspace))
+    return summarize_results(rows) if summary else rows
