@@ -19,7 +19,6 @@ from featkit.cli._common import (
 from featkit.errors import FeatkitError
 
 if TYPE_CHECKING:
-
     from featkit.evaluation.probe import ProtocolSpec
 
 ORDER = 20
