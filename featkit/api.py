@@ -1,16 +1,16 @@
-"""The workflow verbs as a notebook calls them: names or objects in, keyword defaults.
-
-Each verb is a thin door to the library call the CLI makes (same defaults, same files
-in the workspace); ``featkit.<verb>`` resolves here. Pass ``settings=`` to give the
-underlying settings object whole instead of keywords.
+"""The workflow verbs as a notebook calls them (``featkit.<verb>`` resolves here): thin
+doors to the library calls the CLI makes, with its defaults and its files in the
+workspace. ``settings=`` passes the underlying settings object whole instead of keywords.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from featkit.errors import FeatkitError
 from featkit.progress import SILENT, Progress
 from featkit.workspace import DEFAULT_WORKSPACE
 
@@ -38,8 +38,6 @@ def extract(
     ``backbone`` (a name or a built one) into ``out`` (default: the workspace's store,
     ``<workspace>/<dataset>/<model>.h5``). ``options`` are
     :class:`~featkit.extraction.run.ExtractSettings` fields (``precision="fp32"``, ...)."""
-    from dataclasses import replace
-
     from featkit.backbones import create_backbone
     from featkit.data.images import discover
     from featkit.extraction.run import ExtractSettings
@@ -69,21 +67,20 @@ def probe(
     """Evaluate ``stores`` (default: every store of ``workspace``) and merge the rows into
     the workspace's results CSVs (``workspace=None``: write nothing). Keywords left at
     None keep :class:`~featkit.evaluation.probe.ProbeSettings`'s defaults."""
-    from dataclasses import replace
-
-    from featkit.errors import FeatkitError
     from featkit.evaluation.probe import ProbeSettings, ProtocolSpec
     from featkit.evaluation.probe import probe as run_probe
     from featkit.evaluation.splits import parse_shots
     from featkit.workspace import find_stores
 
-    chosen = settings or ProbeSettings(shots=parse_shots(shots))
-    given = {"episodes": episodes, "seed": seed}
-    chosen = replace(chosen, **{k: v for k, v in given.items() if v is not None})
+    changes: dict[str, Any] = {"episodes": episodes, "seed": seed}
     if protocols is not None:
-        chosen = replace(chosen, protocols=tuple(ProtocolSpec(name) for name in protocols))
+        changes["protocols"] = tuple(ProtocolSpec(name) for name in protocols)
     if features is not None:
-        chosen = replace(chosen, features=tuple(features))
+        changes["features"] = tuple(features)
+    chosen = replace(
+        settings or ProbeSettings(shots=parse_shots(shots)),
+        **{k: v for k, v in changes.items() if v is not None},
+    )
     paths = [Path(s) for s in stores] if stores else find_stores(Path(workspace or "."))
     if not paths:
         raise FeatkitError(f"workspace {workspace}: expected stores (extract first), found none")
@@ -108,14 +105,13 @@ def finetune(
     or an image folder / manifest). Without ``backbone`` a store's own is rebuilt from
     its fingerprint (its random twin too). ``options`` are
     :class:`~featkit.finetune.FinetuneSettings` fields (``method="linear"``, ``steps=5``)."""
-    from dataclasses import replace
-
     from featkit.backbones import create_backbone
-    from featkit.errors import FeatkitError
-
-    # The integrator repoints this at featkit.tune once featkit/finetune.py moves there.
-    from featkit.finetune import DEFAULT_EPISODES, FinetuneSettings, labelled_images
-    from featkit.finetune import run_finetune
+    from featkit.finetune import (  # featkit.tune once featkit/finetune.py moves there
+        DEFAULT_EPISODES,
+        FinetuneSettings,
+        labelled_images,
+        run_finetune,
+    )
     from featkit.neighbors.questions import rebuild_backbone
     from featkit.store.reader import open_store
 
