@@ -1,7 +1,4 @@
-"""The workflow verbs as a notebook calls them (``featkit.<verb>`` resolves here): thin
-doors to the library calls the CLI makes, with its defaults and its files in the
-workspace. ``settings=`` passes the underlying settings object whole instead of keywords.
-"""
+"""``featkit.<verb>``: thin doors to the CLI's library calls, its defaults and files."""
 
 from __future__ import annotations
 
@@ -30,25 +27,29 @@ def extract(
     out: Path | str | None = None,
     *,
     workspace: Path | str = DEFAULT_WORKSPACE,
+    random_init: bool = False,
     settings: ExtractSettings | None = None,
     progress: Progress = SILENT,
     **options: Any,
 ) -> ExtractReport:
     """Extract every image of ``data`` (a folder, CSV manifest or :class:`Dataset`) with
-    ``backbone`` (a name or a built one) into ``out`` (default: the workspace's store,
-    ``<workspace>/<dataset>/<model>.h5``). ``options`` are
+    ``backbone`` (a name, with ``random_init`` its seeded random twin ``<name>-random``, or
+    a built one) into ``out`` (default: ``<workspace>/<dataset>/<model>.h5``). ``options``:
     :class:`~featkit.extraction.run.ExtractSettings` fields (``precision="fp32"``, ...)."""
-    from featkit.backbones import create_backbone
+    from featkit.backbones.naming import build_backbone, random_init_name
     from featkit.data.images import discover
     from featkit.extraction.run import ExtractSettings
     from featkit.extraction.run import extract as run_extract
     from featkit.workspace import store_path
 
     dataset = discover(data) if isinstance(data, Path | str) else data
-    model = create_backbone(backbone) if isinstance(backbone, str) else backbone
     chosen = replace(settings or ExtractSettings(), **options)
-    target = out or store_path(Path(workspace), dataset.name, chosen.model_name or model.name)
-    return run_extract(dataset, model, Path(target), chosen, progress)
+    if isinstance(backbone, str):
+        if random_init:
+            chosen = replace(chosen, model_name=chosen.model_name or random_init_name(backbone))
+        backbone = build_backbone(backbone, pretrained=not random_init)
+    target = out or store_path(Path(workspace), dataset.name, chosen.model_name or backbone.name)
+    return run_extract(dataset, backbone, Path(target), chosen, progress)
 
 
 def probe(
@@ -101,10 +102,9 @@ def finetune(
     progress: Progress = SILENT,
     **options: Any,
 ) -> FinetuneRun:
-    """Fine-tune on the probes' splits of ``source`` (a store, with ``data`` its images,
-    or an image folder / manifest). Without ``backbone`` a store's own is rebuilt from
-    its fingerprint (its random twin too). ``options`` are
-    :class:`~featkit.finetune.FinetuneSettings` fields (``method="linear"``, ``steps=5``)."""
+    """Fine-tune on the probes' splits of ``source`` (a store, ``data`` its images; or an
+    image folder / manifest); no ``backbone``: the store's, rebuilt from its fingerprint.
+    ``options``: :class:`~featkit.finetune.FinetuneSettings` fields (``method="linear"``)."""
     from featkit.backbones import create_backbone
     from featkit.finetune import (  # featkit.tune once featkit/finetune.py moves there
         DEFAULT_EPISODES,
@@ -141,8 +141,8 @@ def finetune(
 def read_results(
     workspace: Path | str = DEFAULT_WORKSPACE, *, summary: bool = False
 ) -> pd.DataFrame:
-    """The workspace's long result rows (one per episode and metric); ``summary=True``:
-    one row per configuration and metric, mean ± 95 % interval, as summary.csv holds."""
+    """Result rows, one per episode and metric; ``summary=True``: one per configuration
+    and metric, mean ± 95 % interval (summary.csv)."""
     from featkit.results.io import read_results as read_rows
     from featkit.results.io import summarize_results
 

@@ -81,3 +81,22 @@ def test_the_example_prints_what_the_cli_computes(tmp_path: Path) -> None:
     )
     for mean in shown["mean"]:
         assert f"{100 * mean:.1f}" in result.stdout
+
+
+def test_extract_names_the_random_twin_as_the_cli_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from featkit.extraction import run
+
+    calls: list[tuple] = []
+    monkeypatch.setattr(run, "extract", lambda *args: calls.append(args))
+    data = tmp_path / "digits"
+    featkit.write_digits(data, max_per_class=2, size=8)
+    before = torch.get_rng_state()
+    featkit.extract(data, "pixels", workspace=tmp_path, random_init=True)
+    assert torch.equal(torch.get_rng_state(), before)
+    _, backbone, target, settings, _ = calls[0]
+    assert target == tmp_path / "digits" / "pixels-random.h5"
+    assert settings.model_name == "pixels-random" and backbone.name == "pixels"
