@@ -5,46 +5,57 @@ real sklearn digits):
 
     .venv/bin/python examples/python_api.py /tmp/featkit-example
 
-Swap ``featkit-tiny-dino`` for ``dinov2_vits14`` (or ``--weights``-style local files via
-``create_backbone(name, weights=PATH)``) on your own images.
+Every call is a ``featkit.<verb>``; each writes what the CLI command of the same name
+writes, so ``featkit report -w /tmp/featkit-example`` works on the result. Swap
+``featkit-tiny-dino`` for ``dinov2_vits14`` (or ``featkit.create_backbone(name,
+weights=PATH)`` for a local checkpoint) on your own images. FEATKIT_EXAMPLE_MAX_PER_CLASS
+and FEATKIT_EXAMPLE_EPISODES make a smaller, quicker run.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 import featkit
-from featkit.data.digits import write_digits
-from featkit.data.images import discover
-from featkit.evaluation.probe import ProbeSettings, probe
-from featkit.evaluation.splits import parse_shots
-from featkit.extraction.run import extract
-from featkit.results.io import read_summary
-from featkit.workspace import store_path
+
+MODELS = ("featkit-tiny-dino", "pixels")  # a pretrained backbone against raw pixels
 
 
-def main(workspace: Path) -> None:
+def main(
+    workspace: Path,
+    max_per_class: int | None = None,
+    episodes: int = 3,
+    protocols: list[str] | None = None,  # None: every protocol (featkit.list_protocols())
+) -> pd.DataFrame:
+    """Digits → two stores → probes; returns (and prints) the balanced-accuracy summary."""
     images = workspace / "data" / "digits"
     if not images.exists():
-        write_digits(images, imbalance=10.0, size=32)
-    dataset = discover(images)
+        featkit.write_digits(images, imbalance=10.0, size=32, max_per_class=max_per_class)
+    dataset = featkit.discover(images)
 
-    stores = []
-    for name, pretrained in [("featkit-tiny-dino", True), ("pixels", True)]:
-        backbone = featkit.create_backbone(name, pretrained=pretrained)
-        stores.append(extract(dataset, backbone, store_path(workspace, dataset.name, name)).path)
+    for name in MODELS:
+        report = featkit.extract(dataset, featkit.create_backbone(name), workspace=workspace)
+        print(f"{name}: {report.rows} rows in {report.path}")
 
-    with featkit.open_store(stores[0]) as store:
-        print(store.summary())
-        train = store.features("cls")  # [N, D] float32, failed images left out
-        print("CLS features:", train.shape)
+    with featkit.open_store(report.path) as store:
+        print("stored features:", store.features("cls").shape)  # [N, D], failed rows left out
 
-    probe(stores, ProbeSettings(shots=parse_shots("1,5,all"), episodes=3), workspace)
-    summary = read_summary(workspace)
+    featkit.probe(workspace=workspace, shots="1,5,all", episodes=episodes, protocols=protocols)
+    summary = featkit.read_results(workspace, summary=True)
     balanced = summary[summary["metric"] == "balanced_accuracy"]
-    print(balanced[["model", "protocol", "shots", "mean", "ci95_low", "ci95_high"]].to_string())
+    columns = ["model", "protocol", "shots", "mean", "ci95_low", "ci95_high"]
+    print(balanced[columns].to_string(index=False))
+    return balanced.reset_index(drop=True)
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "featkit_runs_example"))
+    cap = os.environ.get("FEATKIT_EXAMPLE_MAX_PER_CLASS")
+    main(
+        Path(sys.argv[1] if len(sys.argv) > 1 else "featkit_runs_example"),
+        max_per_class=int(cap) if cap else None,
+        episodes=int(os.environ.get("FEATKIT_EXAMPLE_EPISODES", "3")),
+    )

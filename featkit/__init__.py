@@ -11,15 +11,22 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# name -> module that defines it; resolved on first attribute access.
+# name -> module that defines it; resolved on first attribute access. The workflow verbs,
+# in the order a notebook calls them: data, backbone, features, probes, tuning, numbers.
 _LAZY = {
-    "FeatkitError": "featkit.errors",
+    "write_digits": "featkit.data.digits",
+    "discover": "featkit.data.images",
     "create_backbone": "featkit.backbones",
     "list_backbones": "featkit.backbones",
+    "extract": "featkit.api",
     "open_store": "featkit.store.reader",
-    "write_report": "featkit.report.build",
-    "create_protocol": "featkit.protocols",
+    "probe": "featkit.api",
     "list_protocols": "featkit.protocols",
+    "create_protocol": "featkit.protocols",
+    "finetune": "featkit.api",
+    "read_results": "featkit.api",
+    "write_report": "featkit.report.build",
+    "FeatkitError": "featkit.errors",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -14,9 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from featkit.backbones import create_backbone
+from featkit.backbones.naming import build_backbone, random_init_name
 from featkit.data.digits import write_digits
 from featkit.data.images import discover
 from featkit.evaluation.probe import ProbeSettings, probe
@@ -28,7 +27,6 @@ from featkit.tune.run import FinetuneSettings, Sweep, labelled_images, run_finet
 from featkit.workspace import store_path
 
 DATASET = "digits"
-RANDOM_INIT_SEED = 0  # the seed featkit extract --random-init uses
 
 
 @dataclass(frozen=True)
@@ -65,7 +63,7 @@ def _feature_sources(settings: DemoSettings) -> list[tuple[str, str, bool]]:
     """(store name, backbone name, pretrained) of the three sources compared."""
     return [
         (settings.model, settings.model, True),
-        (f"{settings.model}-random", settings.model, False),
+        (random_init_name(settings.model), settings.model, False),
         ("pixels", "pixels", True),
     ]
 
@@ -98,16 +96,14 @@ def run_demo(
     stores = []
     for store_name, model, pretrained in _feature_sources(settings):
         began = time.perf_counter()
-        # The random twin is drawn from a fixed seed (as `featkit extract --random-init`
-        # does), so every demo compares against the same random weights.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_INIT_SEED)
-            backbone = create_backbone(
-                model,
-                weights=settings.weights if pretrained and model == settings.model else None,
-                image_size=settings.image_size if model == settings.model else None,
-                pretrained=pretrained,
-            )
+        # The random twin is `featkit extract --random-init`'s: every demo compares
+        # against the same random weights.
+        backbone = build_backbone(
+            model,
+            weights=settings.weights if pretrained and model == settings.model else None,
+            image_size=settings.image_size if model == settings.model else None,
+            pretrained=pretrained,
+        )
         path = store_path(workspace, dataset.name, store_name)
         extract(dataset, backbone, path, ExtractSettings(model_name=store_name), progress)
         stores.append(path)

@@ -27,7 +27,8 @@ def test_probe_prints_the_table_and_writes_the_csvs(tmp_path: Path) -> None:
     code, output = _probe("-w", str(tmp_path), "--shots", "1,5", "--param", "knn.k=3,10", *FAST)
     assert code == 0, output
     assert "balanced accuracy" in output and "5-shot" in output
-    assert "knn k=3" in output and "knn k=10" in output and "model_b" in output
+    # The report's labels: a protocol run with several settings shows its params.
+    assert "k=3;" in output and "k=10;" in output and "model_b" in output
     files = {p.name for p in (tmp_path / "results").iterdir() if not p.name.startswith(".")}
     assert files == {"results.csv", "summary.csv", "per_class.csv", "confusion.csv"}
     rows = pd.read_csv(tmp_path / "results" / "results.csv")

@@ -9,10 +9,15 @@ import typer
 from featkit.cli._common import (
     WORKSPACE_OPTION,
     console,
+    device_option,
+    image_size_option,
+    model_option,
     progress_bars,
+    random_init_option,
     resolve_workspace,
     safe_loads,
     user_errors,
+    weights_option,
 )
 from featkit.errors import FeatkitError
 
@@ -38,16 +43,10 @@ def attention(
     images: list[Path] = typer.Argument(
         ..., help="Image files to draw maps for.", show_default=False
     ),
-    model: str = typer.Option(
-        ..., "--model", help="Backbone name (dinov2_vits14, timm:..., hf:...)."
-    ),
-    weights: Path | None = typer.Option(None, "--weights", help="Local weight file for the model."),
-    image_size: int | None = typer.Option(
-        None, "--image-size", help="Model input size (a multiple of the patch size)."
-    ),
-    random_init: bool = typer.Option(
-        False, "--random-init", help="Random weights (a baseline: its attention is noise)."
-    ),
+    model: str = model_option(),
+    weights: Path | None = weights_option(),
+    image_size: int | None = image_size_option(),
+    random_init: bool = random_init_option("Its attention is noise."),
     threshold: float = typer.Option(
         0.6, "--threshold", help="Attention mass each head's mask keeps (DINO uses 0.6)."
     ),
@@ -55,7 +54,7 @@ def attention(
         None, "--point", help="X,Y pixel of the original image: similarity of its patch to all."
     ),
     pca: bool = typer.Option(False, "--pca", help="Also draw the first 3 PCs of patch features."),
-    device: str = typer.Option("auto", "--device", help="cpu, cuda, or auto."),
+    device: str = device_option(),
     out_dir: Path | None = typer.Option(
         None, "--out", "-o", help="Folder for the PNGs (default: WORKSPACE/attention)."
     ),
@@ -80,7 +79,7 @@ def attention(
     """
     import torch
 
-    from featkit.backbones import create_backbone
+    from featkit.backbones.naming import build_backbone
     from featkit.viz.attention_pictures import AttentionSettings, write_attention_maps
 
     missing = [p for p in images if not p.is_file()]
@@ -105,7 +104,7 @@ def attention(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     with safe_loads("--model", model):
-        backbone = create_backbone(
+        backbone = build_backbone(
             model, weights=weights, image_size=image_size, pretrained=not random_init
         )
     target = out_dir if out_dir is not None else resolve_workspace(workspace) / "attention"

@@ -9,10 +9,15 @@ import typer
 from featkit.cli._common import (
     WORKSPACE_OPTION,
     console,
+    episodes_option,
+    image_size_option,
+    model_option,
     out,
     progress_bars,
     resolve_workspace,
+    shots_option,
     user_errors,
+    weights_option,
 )
 
 ORDER = 1
@@ -20,16 +25,13 @@ ORDER = 1
 
 @user_errors
 def demo(
-    model: str = typer.Option(
-        "featkit-tiny-dino",
-        "--model",
-        "-m",
-        help="Backbone to compare against its random-init twin and raw pixels.",
+    model: str = model_option(
+        "featkit-tiny-dino", "Compared against its random-init twin and raw pixels."
     ),
-    weights: Path | None = typer.Option(None, "--weights", help="Local checkpoint for --model."),
-    image_size: int | None = typer.Option(None, "--image-size", help="Input size for --model."),
-    episodes: int = typer.Option(10, "--episodes", help="Few-shot episodes per shot count."),
-    shots: str = typer.Option("1,5,10,all", "--shots", help="Shot counts to probe."),
+    weights: Path | None = weights_option(),
+    image_size: int | None = image_size_option(),
+    episodes: int = episodes_option(),
+    shots: str = shots_option(),
     finetune_shots: str = typer.Option(
         "10", "--finetune-shots", help="Shot counts for the LoRA fine-tune ('' to skip)."
     ),
@@ -61,7 +63,7 @@ def demo(
 
         featkit demo --model dinov2_vits14          # real DINOv2 weights (needs a network)
     """
-    from featkit.cli.report import _rich_table
+    from featkit.cli._tables import rich_table
     from featkit.demo import DemoSettings, run_demo
 
     settings = DemoSettings(
@@ -77,7 +79,7 @@ def demo(
     root = resolve_workspace(workspace)
     with progress_bars() as progress:
         result = run_demo(root, settings, progress)
-    out.print(_rich_table(result.report.table))
+    out.print(rich_table(result.report.table))
     steps = ", ".join(f"{k} {v:.0f}s" for k, v in result.seconds.items())
     console.print(f"time: {steps}", highlight=False)
     console.print(f"data:    {result.data}", highlight=False)

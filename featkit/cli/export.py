@@ -7,7 +7,13 @@ from pathlib import Path
 
 import typer
 
-from featkit.cli._common import out, user_errors
+from featkit.cli._common import (
+    STORE_ARGUMENT,
+    StoredFeature,
+    out,
+    stored_feature_option,
+    user_errors,
+)
 
 ORDER = 13
 
@@ -18,15 +24,9 @@ class ExportFormat(str, Enum):
     csv = "csv"
 
 
-class ExportFeature(str, Enum):
-    cls = "cls"
-    patch_mean = "patch_mean"
-    both = "cls+patch_mean"
-
-
 @user_errors
 def export_command(
-    store: Path = typer.Argument(..., help="A store file (<workspace>/<dataset>/<model>.h5)."),
+    store: Path = STORE_ARGUMENT,
     fmt: ExportFormat = typer.Option(
         ExportFormat.npy,
         "--format",
@@ -37,9 +37,7 @@ def export_command(
     out_dir: Path | None = typer.Option(
         None, "--out", help="Output folder (default: <store folder>/<model>-<format>/)."
     ),
-    feature: ExportFeature = typer.Option(
-        ExportFeature.cls, "--feature", help="Which stored feature to export."
-    ),
+    feature: StoredFeature = stored_feature_option("to export"),
 ) -> None:
     """Write a store's features with path, label and split for use outside featkit.
 

@@ -9,12 +9,19 @@ import typer
 
 from featkit.cli._common import (
     WORKSPACE_OPTION,
+    ExtractPrecision,
     console,
+    device_option,
+    image_size_option,
+    model_option,
     out,
+    precision_option,
     progress_bars,
+    random_init_option,
     resolve_workspace,
     safe_loads,
     user_errors,
+    weights_option,
 )
 
 ORDER = 10
@@ -29,29 +36,12 @@ class PatchMode(str, Enum):
     none = "none"
 
 
-class PrecisionChoice(str, Enum):
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
-
 @user_errors
 def extract_command(
     data: Path = typer.Argument(..., help="Image folder (class sub-folders) or CSV manifest."),
-    model: str = typer.Option(
-        ...,
-        "--model",
-        "-m",
-        help="Backbone: a DINO hub name (dinov2_vits14, ...; `featkit models` lists every "
-        "name), timm:<name> or hf:<id or folder>.",
-    ),
-    weights: Path | None = typer.Option(
-        None, "--weights", help="Local checkpoint (.pth/.safetensors) instead of hub weights."
-    ),
-    image_size: int | None = typer.Option(
-        None, "--image-size", help="Input side in pixels, a multiple of the patch size."
-    ),
+    model: str = model_option(),
+    weights: Path | None = weights_option(),
+    image_size: int | None = image_size_option(),
     patches: PatchMode = typer.Option(
         PatchMode.mean,
         "--patches",
@@ -63,11 +53,7 @@ def extract_command(
         help="Also store the CLS tokens of the last N blocks (the official linear-evaluation "
         "features: probe --feature cls4, cls4+avgpool); 1: the last CLS only.",
     ),
-    precision: PrecisionChoice = typer.Option(
-        PrecisionChoice.auto,
-        "--precision",
-        help="auto: bf16 where the CPU (AMX/AVX-512-BF16) or GPU has it, else fp32.",
-    ),
+    precision: ExtractPrecision = precision_option(ExtractPrecision.auto),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
     workers: int | None = typer.Option(
         None,
@@ -77,7 +63,7 @@ def extract_command(
     shard_size: int = typer.Option(
         512, "--shard-size", help="Rows per shard file: the unit of crash recovery."
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    device: str = device_option(),
     out_path: Path | None = typer.Option(
         None, "--out", help="Store file (default: <workspace>/<dataset>/<model>.h5)."
     ),
@@ -103,11 +89,7 @@ def extract_command(
         help="hf: models only: follow the model's processor config (processor) or the "
         "DINO family's evaluation recipe, shorter-side resize + centre crop (family).",
     ),
-    random_init: bool = typer.Option(
-        False,
-        "--random-init",
-        help="Random weights (seeded) as a baseline; stored as <model>-random.",
-    ),
+    random_init: bool = random_init_option("Stored as <model>-random."),
     adapter: Path | None = typer.Option(
         None,
         "--adapter",
@@ -146,7 +128,12 @@ def extract_command(
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
-    from featkit.backbones import create_backbone
+    from featkit.backbones.naming import (
+        adapter_store_name,
+        build_backbone,
+        mark_adapter,
+        random_init_name,
+    )
     from featkit.data.images import discover
     from featkit.errors import FeatkitError
     from featkit.extraction.distributed import context_from_env, process_group, rank_device
@@ -166,16 +153,12 @@ def extract_command(
     dataset = discover(data, allow_outside_root=allow_outside_root)
     tuned = adapter_fingerprint(adapter) if adapter is not None else None
     if tuned is not None:
-        suffix = f"{tuned['adapter_method']}-{tuned['adapter_sha256'][:8]}"
-        store_model = name or f"{model}-{suffix}"
+        store_model = name or adapter_store_name(model, tuned)
     else:
-        store_model = name or (f"{model}-random" if random_init else model)
+        store_model = name or (random_init_name(model) if random_init else model)
     target = out_path or store_path(resolve_workspace(workspace), dataset.name, store_model)
-    if random_init:
-        # Same seed every run (and on every rank), so that a resumed run has the same weights.
-        torch.manual_seed(0)
     with safe_loads("--model", model):
-        backbone = create_backbone(
+        backbone = build_backbone(
             model,
             weights=weights,
             image_size=image_size,
@@ -189,9 +172,7 @@ def extract_command(
         )
     if adapter is not None and tuned is not None:
         backbone = load_tuned_backbone(backbone, adapter)
-        # The tuned weights are what the store's features depend on: fingerprint them.
-        base = backbone.weights_sha256 or "random"
-        backbone.weights_sha256 = f"{base}+adapter:{tuned['adapter_sha256']}"
+        mark_adapter(backbone, tuned)
     settings = ExtractSettings(
         patches=patches.value,
         precision=precision.value,

@@ -9,20 +9,29 @@ from typing import TYPE_CHECKING
 import typer
 
 from featkit.cli._common import (
+    TEST_FRACTION_OPTION,
     WORKSPACE_OPTION,
     TrainPrecision,
     console,
+    device_option,
+    episodes_option,
+    image_size_option,
+    model_option,
     out,
+    precision_option,
     progress_bars,
+    random_init_option,
     resolve_workspace,
+    seed_option,
+    shots_option,
     user_errors,
+    weights_option,
 )
 
 if TYPE_CHECKING:
     from featkit.tune.run import FinetuneRun
 
 ORDER = 25
-RANDOM_SUFFIX = "-random"  # featkit extract --random-init names its stores <model>-random
 
 
 class Method(str, Enum):
@@ -42,33 +51,18 @@ def finetune_command(
     source: Path = typer.Argument(
         ..., help="A store (.h5) made by featkit extract, an image folder or a CSV manifest."
     ),
-    model: str | None = typer.Option(
-        None,
-        "--model",
-        "-m",
-        help="Backbone: hub name, timm:<name>, hf:<id or folder> (default: the store's model).",
-    ),
-    weights: Path | None = typer.Option(
-        None, "--weights", help="Local checkpoint (.pth/.safetensors) instead of hub weights."
-    ),
-    image_size: int | None = typer.Option(
-        None, "--image-size", help="Input side in pixels (default: the store's, else the model's)."
-    ),
-    random_init: bool = typer.Option(
-        False, "--random-init", help="Random (seeded) base weights, like extract --random-init."
-    ),
+    model: str | None = model_option(None, "Default: the store's model."),
+    weights: Path | None = weights_option(),
+    image_size: int | None = image_size_option("Default: the store's, else the model's."),
+    random_init: bool = random_init_option("The same base as extract --random-init."),
     data: Path | None = typer.Option(
         None, "--data", help="With a store: the image folder or manifest it was extracted from."
     ),
     method: Method = typer.Option(Method.lora, "--method", help="What to train besides the head."),
-    shots: str = typer.Option("1,5,10,all", "--shots", help="Images per class: k, 10% or all."),
-    episodes: int = typer.Option(
-        10, "--episodes", help="Draws per few-shot setting (the probe's first N); 'all' has one."
-    ),
-    seed: int = typer.Option(0, "--seed", help="Split, episode and training seed."),
-    test_fraction: float = typer.Option(
-        0.2, "--test-fraction", help="Test share per class when the data name no test split."
-    ),
+    shots: str = shots_option(),
+    episodes: int = episodes_option("The probe's first N draws."),
+    seed: int = seed_option("Also seeds training."),
+    test_fraction: float = TEST_FRACTION_OPTION,
     loss: Loss = typer.Option(Loss.ce, "--loss", help="Training loss for imbalanced classes."),
     lora_r: int = typer.Option(8, "--lora-r", help="LoRA rank."),
     lora_alpha: float | None = typer.Option(
@@ -89,10 +83,8 @@ def finetune_command(
         "--flip/--no-flip",
         help="Random horizontal flips (off by default: they change digits, text, chiral classes).",
     ),
-    precision: TrainPrecision = typer.Option(
-        TrainPrecision.auto, "--precision", help="auto: bf16 where the CPU or GPU has it."
-    ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]."),
+    precision: TrainPrecision = precision_option(TrainPrecision.auto),
+    device: str = device_option(),
     cpu_threads: int | None = typer.Option(
         None, "--cpu-threads", help="CPU threads (default: 1 for small steps, else all)."
     ),
@@ -120,9 +112,12 @@ def finetune_command(
         featkit finetune data/digits --model timm:vit_small_patch16_224.dino --image-size 64 \\
             --method linear --episodes 10
     """
-    import torch
-
-    from featkit.backbones import create_backbone
+    from featkit.backbones.naming import (
+        base_model,
+        build_backbone,
+        is_random_init,
+        random_init_name,
+    )
     from featkit.errors import FeatkitError
     from featkit.evaluation.splits import Sweep, parse_shots
     from featkit.tune.methods import LoraOptions
@@ -135,8 +130,8 @@ def finetune_command(
     name = model
     if rows.store_model is not None:
         stored = rows.store_model
-        if stored.endswith(RANDOM_SUFFIX) and model in (None, stored.removesuffix(RANDOM_SUFFIX)):
-            random_init, name = True, stored.removesuffix(RANDOM_SUFFIX)
+        if is_random_init(stored) and model in (None, base_model(stored)):
+            random_init, name = True, base_model(stored)
         elif model is not None and model != stored:
             raise FeatkitError(
                 f"--model {model}: expected the store's model {stored!r} "
@@ -162,13 +157,11 @@ def finetune_command(
         device=device,
         cpu_threads=cpu_threads,
     )
-    if random_init:
-        # extract --random-init seeds 0 too: the same random base as the store's.
-        torch.manual_seed(0)
-    backbone = create_backbone(
+    # The same seeded random base as extract --random-init's store.
+    backbone = build_backbone(
         name, weights=weights, image_size=image_size, pretrained=not random_init
     )
-    label = name + RANDOM_SUFFIX if random_init else name
+    label = random_init_name(name) if random_init else name
     console.print(
         f"fine-tuning [bold]{label}[/] ({settings.protocol}, {settings.params()}) on "
         f"[bold]{rows.dataset}[/]: {len(rows.paths)} images, {episodes} episode(s) per "
@@ -188,52 +181,29 @@ def finetune_command(
             model_name=label,
             progress=bars,
         )
-    _print_summary(run)
+    _print_summary(run, ws)
 
 
-def _print_summary(run: FinetuneRun) -> None:
-    import pandas as pd
-    from rich.table import Table
+def _print_summary(run: FinetuneRun, workspace: Path) -> None:
+    from featkit.cli._tables import comparison_table
+    from featkit.results.io import read_results, summarize_results
 
-    from featkit.evaluation.records import episode_records
-    from featkit.report.table import format_cell
-    from featkit.results.io import summarize_results
-
-    table = Table(
-        title=f"{run.model} · {run.protocol} · {run.dataset} "
-        "(%, mean ± 95% CI over episodes and test images)"
-    )
-    for column in ("shots", "episodes", "accuracy", "balanced acc.", "macro-F1", "train s/ep"):
-        table.add_column(column, justify="right")
-    by_shots: dict[str, list] = {}
+    # The rows this run wrote, read back as the report reads them: the same cells.
+    rows = read_results(workspace)
+    shots = {o.shots for o in run.outcomes}
+    mine = rows[
+        (rows["dataset"] == run.dataset)
+        & (rows["model"] == run.model)
+        & (rows["protocol"] == run.protocol)
+        & (rows["params"] == run.params)
+        & rows["shots"].isin(shots)
+    ]
+    out.print(comparison_table(summarize_results(mine), results=mine))
+    by_shots: dict[str, list[float]] = {}
     for outcome in run.outcomes:
-        by_shots.setdefault(outcome.shots, []).append(outcome)
-    for shots, group in by_shots.items():
-        # The rows the results files hold, summarised by the one summary of featkit.
-        rows = []
-        for o in group:
-            base = {
-                "dataset": run.dataset,
-                "model": run.model,
-                "feature": "cls",
-                "protocol": run.protocol,
-                "params": run.params,
-                "shots": shots,
-                "episode": o.episode,
-                "run_id": "",
-            }
-            rows += episode_records(
-                base, o.y_train, o.y_true, o.y_pred, (), test_paths=o.test_paths
-            )[0]
-        summary = summarize_results(pd.DataFrame(rows))
-        cells = []
-        for metric in ("accuracy", "balanced_accuracy", "macro_f1"):
-            s = summary[summary["metric"] == metric].iloc[0]
-            mean, low, high = float(s["mean"]), float(s["ci95_low"]), float(s["ci95_high"])
-            cells.append(format_cell(mean, (high - low) / 2, int(s["n_episodes"])))
-        seconds = sum(o.seconds for o in group) / len(group)
-        table.add_row(shots, str(len(group)), *cells, f"{seconds:.1f}")
-    out.print(table)
+        by_shots.setdefault(outcome.shots, []).append(outcome.seconds)
+    seconds = ", ".join(f"{k} {sum(v) / len(v):.1f}" for k, v in by_shots.items())
+    out.print(f"training seconds per episode by shots: {seconds}", highlight=False)
     first = run.outcomes[0]
     out.print(
         f"trainable parameters: {first.trainable:,} of {first.total:,} "

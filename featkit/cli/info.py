@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from featkit.cli._common import out, user_errors
+from featkit.cli._common import STORE_ARGUMENT, out, user_errors
 
 ORDER = 11
 
@@ -26,7 +26,7 @@ def _flatten(prefix: str, value: Any) -> list[tuple[str, str]]:
 
 @user_errors
 def info_command(
-    store: Path = typer.Argument(..., help="A store file (<workspace>/<dataset>/<model>.h5)."),
+    store: Path = STORE_ARGUMENT,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     verify: bool = typer.Option(
         False,

@@ -12,7 +12,15 @@ from typing import Any
 
 import typer
 
-from featkit.cli._common import out, user_errors
+from featkit.cli._common import (
+    STORE_ARGUMENT,
+    StoredFeature,
+    device_option,
+    out,
+    stored_feature_option,
+    user_errors,
+    weights_option,
+)
 from featkit.neighbors.questions import DUPLICATE_THRESHOLD
 
 ORDER = 14
@@ -26,12 +34,6 @@ class OutputFormat(str, Enum):
     table = "table"
     csv = "csv"
     json = "json"
-
-
-class NeighborFeature(str, Enum):
-    cls = "cls"
-    patch_mean = "patch_mean"
-    both = "cls+patch_mean"
 
 
 def _emit(rows: list[dict[str, Any]], columns: list[str], title: str, fmt: OutputFormat) -> None:
@@ -58,7 +60,7 @@ def _emit(rows: list[dict[str, Any]], columns: list[str], title: str, fmt: Outpu
 
 @user_errors
 def neighbors_command(
-    store: Path = typer.Argument(..., help="A store file (<workspace>/<dataset>/<model>.h5)."),
+    store: Path = STORE_ARGUMENT,
     query: str | None = typer.Option(
         None,
         "--query",
@@ -87,13 +89,9 @@ def neighbors_command(
     top: int | None = typer.Option(
         None, "--top", help="Rows shown: default every duplicate pair, 20 suspects; 0 = all."
     ),
-    feature: NeighborFeature = typer.Option(
-        NeighborFeature.cls, "--feature", help="Which stored feature to compare."
-    ),
-    weights: Path | None = typer.Option(
-        None, "--weights", help="--query: the checkpoint the store was extracted with."
-    ),
-    device: str = typer.Option("cpu", "--device", help="--query: cpu or cuda[:N]."),
+    feature: StoredFeature = stored_feature_option("to compare"),
+    weights: Path | None = weights_option("--query: the one the store was extracted with."),
+    device: str = device_option("cpu", "Runs the --query image through the backbone."),
     fmt: OutputFormat = typer.Option(
         OutputFormat.table, "--format", help="table (rich), csv or json on stdout."
     ),

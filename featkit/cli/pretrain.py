@@ -12,11 +12,15 @@ from featkit.cli._common import (
     WORKSPACE_OPTION,
     TrainPrecision,
     console,
+    device_option,
+    image_size_option,
     out,
+    precision_option,
     progress_bars,
     resolve_workspace,
     safe_loads,
     user_errors,
+    weights_option,
 )
 
 ORDER = 30
@@ -66,13 +70,9 @@ def pretrain_command(
         help="Start from this pretrained DINO backbone (continued pretraining); "
         "its architecture is used.",
     ),
-    weights: Path | None = typer.Option(
-        None, "--weights", help="Local weight file to start from (for --init or --arch)."
-    ),
+    weights: Path | None = weights_option("The start for --init or --arch."),
     epochs: int = typer.Option(..., "--epochs", help="Passes over the images."),
-    image_size: int | None = typer.Option(
-        None, "--image-size", help="Global crop side in pixels (default: the model's)."
-    ),
+    image_size: int | None = image_size_option("The global crops' side (default: the model's)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per step."),
     out_dim: int = typer.Option(4096, "--out-dim", help="K prototypes of the DINO head."),
     hidden_dim: int = typer.Option(2048, "--hidden-dim", help="Width of the head's MLP."),
@@ -111,12 +111,10 @@ def pretrain_command(
         "--model-kwargs",
         help='Architecture overrides as JSON for timm, e.g. \'{"depth": 4, "embed_dim": 128}\'.',
     ),
-    precision: TrainPrecision = typer.Option(
-        TrainPrecision.auto, "--precision", help="auto: bf16 where the hardware has it."
-    ),
+    precision: TrainPrecision = precision_option(TrainPrecision.auto),
     seed: int = typer.Option(0, "--seed", help="Seed of init, order and crops."),
     workers: int = typer.Option(0, "--workers", help="Data loading processes (0: inline)."),
-    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: auto)."),
+    device: str = device_option(),
     out_path: Path | None = typer.Option(
         None,
         "--out",
@@ -192,7 +190,7 @@ def pretrain_command(
         precision=precision.value,
         seed=seed,
         num_workers=workers,
-        device=device,
+        device=None if device == "auto" else device,  # None: the trainer picks
         model_kwargs=kwargs,
     )
     console.print(f"DINO pretraining of [bold]{name}[/] on {data} -> {out_path}", highlight=False)

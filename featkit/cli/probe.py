@@ -19,8 +19,6 @@ from featkit.cli._common import (
 from featkit.errors import FeatkitError
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from featkit.evaluation.probe import ProtocolSpec
 
 ORDER = 20
@@ -109,63 +107,6 @@ def _protocol_list() -> Any:
         )
         settings = ", ".join(f"{p.name}: {p.type_text()} = {p.default!r}" for p in parameters(cls))
         table.add_row(name, runs, settings)
-    return table
-
-
-def _label(spec: ProtocolSpec, varying: set[str]) -> str:
-    shown = [f"{k}={v}" for k, v in spec.params if k in varying]
-    return " ".join([spec.name, *shown])
-
-
-def _table(summary: pd.DataFrame, specs: Sequence[ProtocolSpec], shots: list[str]) -> Any:
-    import pandas as pd
-    from rich.table import Table
-
-    from featkit.report.table import effective_note, format_cell
-
-    by_params: dict[tuple[str, str], ProtocolSpec] = {(s.name, s.params_string()): s for s in specs}
-    varying: dict[str, set[str]] = {}
-    for name in {s.name for s in specs}:
-        values = [dict(s.params) for s in specs if s.name == name]
-        settings = {k for v in values for k in v}
-        varying[name] = {k for k in settings if len({repr(v.get(k)) for v in values}) > 1}
-
-    rows = summary[summary["metric"] == "balanced_accuracy"]
-    many = {c: rows[c].nunique() > 1 for c in ("dataset", "feature")}
-    table = Table(
-        title="balanced accuracy, % (mean ± 95% CI half-width over episodes and test images)"
-    )
-    if many["dataset"]:
-        table.add_column("dataset", no_wrap=True)
-    table.add_column("model", no_wrap=True)
-    if many["feature"]:
-        table.add_column("feature", no_wrap=True)
-    table.add_column("protocol", no_wrap=True)
-    columns = [s for s in shots if s in set(rows["shots"])]
-    for s in columns:
-        table.add_column(f"{s}-shot" if s not in ("all", "0") else s, justify="right")
-    keys = ["dataset", "model", "feature", "protocol", "params"]
-    for key, group in rows.groupby(keys, sort=False):
-        dataset, model, feature, protocol, params = (str(part) for part in key)  # type: ignore[union-attr]
-        found = by_params.get((protocol, params))
-        if found:
-            label = _label(found, varying[protocol])
-        else:  # a grid chosen on validation (--select) is one method
-            label = f"{protocol} (selected)" if params.startswith("select=") else protocol
-        cells = []
-        for s in columns:
-            hit = group[group["shots"] == s]
-            if hit.empty:
-                cells.append("")
-                continue
-            r = hit.iloc[0]
-            half = (r["ci95_high"] - r["ci95_low"]) / 2
-            cell = format_cell(r["mean"], half, int(r["n_episodes"]))
-            effective = pd.to_numeric(pd.Series([r.get("effective_shots")]), errors="coerce")[0]
-            cells.append(cell + effective_note(s, effective))
-        front = ([dataset] if many["dataset"] else []) + [model]
-        front += [feature] if many["feature"] else []
-        table.add_row(*front, label, *cells)
     return table
 
 
@@ -261,6 +202,7 @@ def probe(
 
     An unchanged rerun returns the stored results at once (--force recomputes).
     """
+    from featkit.cli._tables import comparison_table
     from featkit.evaluation.probe import ProbeSettings
     from featkit.evaluation.probe import probe as run_probe
     from featkit.evaluation.splits import parse_shots
@@ -316,8 +258,7 @@ def probe(
             allow_different_images=allow_different_images,
         )
     summary = summarize_results(result.results)
-    order = ["0", *[str(s) for s in shot_list]]
-    out.print(_table(summary, specs, list(dict.fromkeys(order))))
+    out.print(comparison_table(summary, results=result.results))
     console.print(
         f"results: {results_dir(ws)}/results.csv, summary.csv, per_class.csv, confusion.csv"
     )

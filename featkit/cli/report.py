@@ -19,7 +19,6 @@ from featkit.cli._common import (
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from featkit.report.build import ComparisonTable
     from featkit.report.cost import CostTable
 
 ORDER = 40
@@ -77,6 +76,7 @@ def report(
 
         featkit report --target 0.8      # which route reaches 80 % balanced accuracy?
     """
+    from featkit.cli._tables import rich_table
     from featkit.report.build import write_report
 
     root = workspace_arg if workspace_arg is not None else resolve_workspace(workspace)
@@ -96,37 +96,11 @@ def report(
     for summary in files.data:
         for line in summary.lines():
             out.print(line, highlight=False)
-    out.print(_rich_table(files.table))
+    out.print(rich_table(files.table))
     if files.cost is not None:
         out.print(_cost_table(files.cost))
     for path in [*files.tables, *files.plots, files.html]:
         console.print(f"wrote {path}", highlight=False)
-
-
-def _rich_table(table: ComparisonTable) -> Table:
-    from rich.table import Table
-    from rich.text import Text
-
-    from featkit.report.table import BEST_RULE, INTERVAL_NOTE
-
-    shown = Table(
-        title=f"{table.metric} (%, mean ± 95% CI over episodes and test images)",
-        caption=f"{INTERVAL_NOTE} {BEST_RULE}",
-    )
-    wide = table.wide()
-    for column in wide.columns:
-        left = column in ("dataset", "model", "method")
-        shown.add_column(str(column), justify="left" if left else "right")
-    best = table.best_cells()
-    rows = zip(table.rows, wide.itertuples(index=False), strict=True)
-    for (dataset, model, method), record in rows:
-        # Text, not markup strings: labels such as "knn [cls]" must not be read as markup.
-        cells = [
-            Text(str(value), style="bold green" if (dataset, model, method, column) in best else "")
-            for column, value in zip(wide.columns, record, strict=True)
-        ]
-        shown.add_row(*cells)
-    return shown
 
 
 def _cost_table(cost: CostTable) -> Table:

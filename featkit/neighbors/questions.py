@@ -186,14 +186,12 @@ def label_noise(
 def rebuild_backbone(store: Store, weights: Path | None = None) -> Backbone:
     """The backbone that made ``store``, rebuilt from its fingerprint and checked against it.
 
-    Random-init stores are rebuilt with the seed ``featkit extract --random-init`` uses
-    (0) without touching the caller's random state. A backbone whose weights need a
-    local file takes it from ``weights``. Any difference in the binding fingerprint
-    keys is an error listing them.
+    Random-init stores are rebuilt as ``featkit extract --random-init`` built them
+    (:func:`featkit.backbones.naming.build_backbone`), without touching the caller's
+    random state. A backbone whose weights need a local file takes it from ``weights``.
+    Any difference in the binding fingerprint keys is an error listing them.
     """
-    import torch
-
-    from featkit.backbones import create_backbone
+    from featkit.backbones.naming import build_backbone
     from featkit.store.fingerprint import BINDING_KEYS, differences, make_fingerprint
 
     fp = store.fingerprint
@@ -203,14 +201,12 @@ def rebuild_backbone(store: Store, weights: Path | None = None) -> Backbone:
             "image, got imported features (no backbone); query a path already in the store"
         )
     random_init = str(fp.get("weights_sha256", "")).startswith("params:") and weights is None
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        backbone = create_backbone(
-            str(fp["model"]),
-            weights=weights,
-            image_size=int(fp["image_size"]),
-            pretrained=not random_init,
-        )
+    backbone = build_backbone(
+        str(fp["model"]),
+        weights=weights,
+        image_size=int(fp["image_size"]),
+        pretrained=not random_init,
+    )
     made = make_fingerprint(backbone, precision=str(fp["precision"]), patches=str(fp["patches"]))
     changed = differences(fp, made, BINDING_KEYS)
     if changed:

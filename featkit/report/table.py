@@ -52,7 +52,9 @@ def _method_labels(summary: pd.DataFrame) -> pd.Series:
         summary["protocol"], summary["params"], summary["feature"], strict=True
     ):
         label = protocol
-        if params_per_protocol[protocol] > 1:
+        if str(params).startswith("select="):  # a grid chosen on validation is one method
+            label += " (selected)"
+        elif params_per_protocol[protocol] > 1:
             label += f" ({params})" if params else " (default)"
         if several_features:
             label += f" [{feature}]"
