@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from featkit.errors import FeatkitError
-from featkit.evaluation.splits import Shots, episodes, parse_shots, sample_episode, train_test_split
+from featkit.evaluation.shots import Shots, parse_shots
+from featkit.evaluation.splits import episodes, sample_episode, train_test_split
 
 
 def _data(sizes: list[int]) -> tuple[list[str], np.ndarray]:

@@ -7,16 +7,18 @@ from pathlib import Path
 import typer
 
 from featkit.cli._common import (
-    WORKSPACE_OPTION,
     console,
+    progress_bars,
+    safe_loads,
+    user_errors,
+)
+from featkit.cli._options import (
+    WORKSPACE_OPTION,
     device_option,
     image_size_option,
     model_option,
-    progress_bars,
     random_init_option,
     resolve_workspace,
-    safe_loads,
-    user_errors,
     weights_option,
 )
 from featkit.errors import FeatkitError

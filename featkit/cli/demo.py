@@ -7,16 +7,18 @@ from pathlib import Path
 import typer
 
 from featkit.cli._common import (
-    WORKSPACE_OPTION,
     console,
+    out,
+    progress_bars,
+    user_errors,
+)
+from featkit.cli._options import (
+    WORKSPACE_OPTION,
     episodes_option,
     image_size_option,
     model_option,
-    out,
-    progress_bars,
     resolve_workspace,
     shots_option,
-    user_errors,
     weights_option,
 )
 

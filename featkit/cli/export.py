@@ -8,11 +8,13 @@ from pathlib import Path
 import typer
 
 from featkit.cli._common import (
+    out,
+    user_errors,
+)
+from featkit.cli._options import (
     STORE_ARGUMENT,
     StoredFeature,
-    out,
     stored_feature_option,
-    user_errors,
 )
 
 ORDER = 13

@@ -8,19 +8,21 @@ from pathlib import Path
 import typer
 
 from featkit.cli._common import (
+    console,
+    out,
+    progress_bars,
+    safe_loads,
+    user_errors,
+)
+from featkit.cli._options import (
     WORKSPACE_OPTION,
     ExtractPrecision,
-    console,
     device_option,
     image_size_option,
     model_option,
-    out,
     precision_option,
-    progress_bars,
     random_init_option,
     resolve_workspace,
-    safe_loads,
-    user_errors,
     weights_option,
 )
 

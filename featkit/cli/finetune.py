@@ -9,22 +9,24 @@ from typing import TYPE_CHECKING
 import typer
 
 from featkit.cli._common import (
+    console,
+    out,
+    progress_bars,
+    user_errors,
+)
+from featkit.cli._options import (
     TEST_FRACTION_OPTION,
     WORKSPACE_OPTION,
     TrainPrecision,
-    console,
     device_option,
     episodes_option,
     image_size_option,
     model_option,
-    out,
     precision_option,
-    progress_bars,
     random_init_option,
     resolve_workspace,
     seed_option,
     shots_option,
-    user_errors,
     weights_option,
 )
 

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import typer
 
-from featkit.cli._common import WORKSPACE_OPTION, out, resolve_workspace, user_errors
+from featkit.cli._common import (
+    out,
+    user_errors,
+)
+from featkit.cli._options import (
+    WORKSPACE_OPTION,
+    resolve_workspace,
+)
 
 ORDER = 12
 

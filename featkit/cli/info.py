@@ -8,7 +8,13 @@ from typing import Any
 
 import typer
 
-from featkit.cli._common import STORE_ARGUMENT, out, user_errors
+from featkit.cli._common import (
+    out,
+    user_errors,
+)
+from featkit.cli._options import (
+    STORE_ARGUMENT,
+)
 
 ORDER = 11
 

@@ -13,12 +13,14 @@ from typing import Any
 import typer
 
 from featkit.cli._common import (
+    out,
+    user_errors,
+)
+from featkit.cli._options import (
     STORE_ARGUMENT,
     StoredFeature,
     device_option,
-    out,
     stored_feature_option,
-    user_errors,
     weights_option,
 )
 from featkit.neighbors.questions import DUPLICATE_THRESHOLD

@@ -9,17 +9,19 @@ from pathlib import Path
 import typer
 
 from featkit.cli._common import (
-    WORKSPACE_OPTION,
-    TrainPrecision,
     console,
-    device_option,
-    image_size_option,
     out,
-    precision_option,
     progress_bars,
-    resolve_workspace,
     safe_loads,
     user_errors,
+)
+from featkit.cli._options import (
+    WORKSPACE_OPTION,
+    TrainPrecision,
+    device_option,
+    image_size_option,
+    precision_option,
+    resolve_workspace,
     weights_option,
 )
 

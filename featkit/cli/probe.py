@@ -9,12 +9,14 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from featkit.cli._common import (
-    WORKSPACE_OPTION,
     console,
     out,
     progress_bars,
-    resolve_workspace,
     user_errors,
+)
+from featkit.cli._options import (
+    WORKSPACE_OPTION,
+    resolve_workspace,
 )
 from featkit.errors import FeatkitError
 

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from featkit.errors import FeatkitError
-from featkit.evaluation.splits import shots_sort_key
+from featkit.evaluation.shots import shots_sort_key
 from featkit.metrics import Z95
 from featkit.results.io import FINETUNE_PREFIX
 

@@ -24,7 +24,7 @@ import pandas as pd
 
 from featkit.atomic import atomic_path
 from featkit.errors import FeatkitError
-from featkit.evaluation.splits import shots_sort_key
+from featkit.evaluation.shots import shots_sort_key
 from featkit.progress import SILENT, Progress
 from featkit.report.answer import Answer, answer
 from featkit.report.cost import CostTable, cell_costs, cost_table, extraction_costs

@@ -16,7 +16,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from featkit.errors import FeatkitError
-from featkit.evaluation.splits import shots_sort_key
+from featkit.evaluation.shots import shots_sort_key
 from featkit.metrics import mcnemar, paired_bootstrap_balanced
 from featkit.results.io import CONFIG_COLUMNS as GROUP_COLUMNS
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from featkit.evaluation.splits import shots_sort_key
+from featkit.evaluation.shots import shots_sort_key
 from featkit.results.io import FINETUNE_PREFIX
 from featkit.viz.plots import palette, save_figure
 
