@@ -47,6 +47,7 @@ from featkit.splits import (
     episodes,
     parse_shots,
 )
+from featkit.threads import limit_threads, planned_threads
 
 logger = logging.getLogger("featkit")
 
@@ -421,6 +422,7 @@ def probe(
         _episodes(item, settings, with_zero=False, warn=False)  # warnings come once, below
         check_same_images(item, Path(path), images, allow_different_images)
         del item
+    threads = planned_threads()  # once, before this run's own load shows in the average
     existing = ProbeResults()
     if workspace is not None and not force:
         existing = ProbeResults(
@@ -433,7 +435,8 @@ def probe(
         if known is not None:
             parts.append(known)
             continue
-        result = evaluate_arrays(data, settings, progress)
+        with limit_threads(threads):
+            result = evaluate_arrays(data, settings, progress)
         if workspace is not None:
             write_results(workspace, result.results, result.per_class, result.confusion)
         parts.append(result)
