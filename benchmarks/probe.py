@@ -7,6 +7,12 @@
    the same hold-out, with the same selection rule (held-out balanced accuracy, ties to
    the smallest C) and a refit on all training images. Reports the time ratio (target
    ≥ 5×) and both selected models' test accuracy (target: within 0.5 points).
+3. ``--widths`` / ``--quick`` (issue 14): featkit's C search against scikit-learn's
+   per-C sweep on the same folds and grid at widths 64-3072 and 100 → 100k training
+   rows (``--quick``: 100 and 1,000), in one process; time ratio (target ≥ 20×),
+   both chosen C and both test accuracies (target: within 0.5 points). A
+   scikit-learn sweep predicted to exceed ``--sklearn-budget`` is skipped and printed
+   as skipped.
 
 Usage::
 
