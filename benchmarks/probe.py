@@ -7,12 +7,20 @@
    the same hold-out, with the same selection rule (held-out balanced accuracy, ties to
    the smallest C) and a refit on all training images. Reports the time ratio (target
    ≥ 5×) and both selected models' test accuracy (target: within 0.5 points).
+3. ``--widths`` / ``--quick`` (issue 14): featkit's C search against scikit-learn's
+   per-C sweep on the same folds and grid at widths 64-3072 and 100 → 100k training
+   rows (``--quick``: 100 and 1,000), in one process; time ratio (target ≥ 20×),
+   both chosen C and both test accuracies (target: within 0.5 points). A
+   scikit-learn sweep predicted to exceed ``--sklearn-budget`` is skipped and printed
+   as skipped.
 
 Usage::
 
     python benchmarks/probe.py                      # everything (scikit-learn part: minutes)
     python benchmarks/probe.py --skip-sweep --json out.json
     python benchmarks/probe.py --n 3000 --dim 256   # a quicker look
+    python benchmarks/probe.py --quick              # width sweep, 100 and 1,000 rows
+    python benchmarks/probe.py --widths --sklearn-budget 1800   # 100 → 100k rows (hours)
 
 Numbers depend on the machine and its load; record the CPU with them.
 """
@@ -188,14 +196,21 @@ def _split(y: np.ndarray, n_train: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def width_sweep(
-    widths: list[int], rows: list[int], sklearn_every: int, max_iter: int, classes: int
+    widths: list[int],
+    rows: list[int],
+    sklearn_every: int,
+    max_iter: int,
+    classes: int,
+    sklearn_budget: float = float("inf"),
 ) -> list[dict[str, float | str]]:
     """featkit's C search against scikit-learn's per-C sweep at every width × rows.
 
     Same training images, same selection folds (``selection_folds``: stratified 5-fold
     below 45 images in the smallest class, the 10 % hold-out above), same grid, same
     rule (mean held-out balanced accuracy, ties to the middle), same refit on all
-    training images. scikit-learn gets the features featkit fits (centred and divided by
+    training images. A scikit-learn sweep predicted (from one timed fit) to take
+    longer than ``sklearn_budget`` seconds is skipped and reported as such. scikit-learn
+    gets the features featkit fits (centred and divided by
     the training RMS), so both solve the same problems; cold starts per C as a user's
     loop over ``LogisticRegression(C=c)`` would.
     """
@@ -218,6 +233,31 @@ def width_sweep(
             Z = (X_train - ours.mean_) * ours.scale_
             Z_test = (X_test - ours.mean_) * ours.scale_
             folds = selection_folds(y_train)
+            fits = len(tried) * len(folds) + 1
+            ours_text = (
+                f"{len(train):7d} x {dim:5d} {ours.selection_:8s} featkit {ours_seconds:8.2f} s "
+                f"C={ours.C_:.3g} acc={100 * ours_accuracy:.2f}"
+            )
+            # One fit at a mid-grid C, timed, predicts the sweep's cost; a sweep over the
+            # budget is skipped and said so, never extrapolated into a ratio.
+            probe_start = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                LogisticRegression(C=grid[len(grid) // 2], max_iter=max_iter).fit(Z, y_train)
+            predicted_s = (time.perf_counter() - probe_start) * fits
+            if predicted_s > sklearn_budget:
+                print(
+                    f"{ours_text} | sklearn SKIPPED: "
+                    f"{fits} fits predicted to take ~{predicted_s:.0f} s > budget "
+                    f"{sklearn_budget:.0f} s (no ratio reported)",
+                    flush=True,
+                )
+                out.append(
+                    {"rows": float(len(train)), "dim": float(dim), "featkit_s": ours_seconds,
+                     "featkit_C": float(ours.C_), "featkit_acc": 100 * ours_accuracy,
+                     "sklearn_skipped_predicted_s": predicted_s}
+                )  # fmt: skip
+                continue
             scores = np.zeros(len(tried))
             start = time.perf_counter()
             with warnings.catch_warnings():
@@ -249,10 +289,8 @@ def width_sweep(
             }
             out.append(row)
             print(
-                f"{len(train):7d} x {dim:5d} {ours.selection_:8s} featkit {ours_seconds:8.2f} s "
-                f"C={ours.C_:.3g} acc={100 * ours_accuracy:.2f} | sklearn "
-                f"{sk_seconds:8.2f} s C={grid[best]:.3g} acc={100 * sk_accuracy:.2f} | "
-                f"ratio {sk_seconds / ours_seconds:.1f}x",
+                f"{ours_text} | sklearn {sk_seconds:8.2f} s C={grid[best]:.3g} "
+                f"acc={100 * sk_accuracy:.2f} | ratio {sk_seconds / ours_seconds:.1f}x",
                 flush=True,
             )
     return out
@@ -294,7 +332,14 @@ def main() -> None:
         help="only the width sweep: widths 64..3072 x training rows 100..100k (issue 14)",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="width sweep up to 3,000 training rows only"
+        "--quick", action="store_true", help="width sweep up to 1,000 training rows only"
+    )
+    parser.add_argument(
+        "--sklearn-budget",
+        type=float,
+        default=600.0,
+        help="width sweep: skip (and say so) a scikit-learn sweep predicted to take longer "
+        "than this many seconds",
     )
     args = parser.parse_args()
     from threadpoolctl import threadpool_limits
@@ -305,9 +350,10 @@ def main() -> None:
 
 def run(args: argparse.Namespace) -> None:
     if args.widths or args.quick:
-        rows = [100, 1000, 3000] if args.quick else [100, 1000, 10_000, 100_000]
-        every = args.sklearn_every
-        table = width_sweep([64, 384, 768, 1024, 3072], rows, every, args.max_iter, 10)
+        rows = [100, 1000] if args.quick else [100, 1000, 10_000, 100_000]
+        budget = min(args.sklearn_budget, 120.0) if args.quick else args.sklearn_budget
+        widths = [64, 384, 768, 1024, 3072]
+        table = width_sweep(widths, rows, args.sklearn_every, args.max_iter, 10, budget)
         if args.json:
             with open(args.json, "w") as handle:
                 json.dump(table, handle, indent=2)

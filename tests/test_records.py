@@ -10,12 +10,10 @@ import pytest
 
 from featkit.evaluation.probe import ProbeSettings, evaluate_arrays, probe
 from featkit.evaluation.records import data_id
+from featkit.evaluation.shots import Shots, parse_shots, shots_sort_key
 from featkit.evaluation.splits import (
-    Shots,
     episodes,
-    parse_shots,
     round_half_up,
-    shots_sort_key,
     stratified_folds,
     train_test_split,
 )

@@ -10,9 +10,12 @@ Command modules import heavy libraries (torch, h5py) inside their functions so t
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 
 import typer
+
+from featkit.threads import passive_wait_defaults
 
 app = typer.Typer(
     name="featkit",
@@ -44,4 +47,6 @@ _register_commands()
 
 
 def main() -> None:
+    # Before any OpenMP runtime starts (torch, faiss load inside the commands).
+    passive_wait_defaults(os.environ)
     app()

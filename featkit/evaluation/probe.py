@@ -28,6 +28,7 @@ from featkit.errors import FeatkitError
 from featkit.evaluation.checks import check_data, check_same_images, warn_small_test_classes
 from featkit.evaluation.records import data_id, episode_records
 from featkit.evaluation.rows import ProbeResults
+from featkit.evaluation.shots import Shots, parse_shots
 
 # ProtocolSpec and protocol_grid stay importable from here, beside ProbeSettings.
 from featkit.evaluation.specs import (  # noqa: F401
@@ -36,14 +37,7 @@ from featkit.evaluation.specs import (  # noqa: F401
     label_free_protocol,
     protocol_grid,
 )
-from featkit.evaluation.splits import (
-    DEFAULT_EPISODES,
-    DEFAULT_TEST_FRACTION,
-    Episode,
-    Shots,
-    Sweep,
-    parse_shots,
-)
+from featkit.evaluation.splits import DEFAULT_EPISODES, DEFAULT_TEST_FRACTION, Episode, Sweep
 from featkit.metrics import DEFAULT_BOOTSTRAP, clustering_metrics, match_clusters
 from featkit.progress import SILENT, Progress
 from featkit.protocols import Protocol
@@ -54,6 +48,7 @@ from featkit.results.io import (
     run_id,
     write_results,
 )
+from featkit.threads import limit_threads, planned_threads
 
 logger = logging.getLogger("featkit")
 
@@ -337,6 +332,7 @@ def probe(
         _episodes(item, settings, with_zero=False, warn=False)  # warnings come once, below
         check_same_images(item, Path(path), images, allow_different_images)
         del item
+    threads = planned_threads()  # once, before this run's own load shows in the average
     existing = ProbeResults()
     if workspace is not None and not force:
         existing = ProbeResults(
@@ -349,7 +345,8 @@ def probe(
         if known is not None:
             parts.append(known)
             continue
-        result = evaluate_arrays(data, settings, progress)
+        with limit_threads(threads):
+            result = evaluate_arrays(data, settings, progress)
         if workspace is not None:
             write_results(workspace, result.results, result.per_class, result.confusion)
         parts.append(result)

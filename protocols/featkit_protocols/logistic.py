@@ -42,27 +42,27 @@ benchmarks/probe.py; docs/performance.md):
   centred training features (representer theorem for L2 penalties), so few-shot
   problems are solved in that ``≤ n``-dimensional basis and mapped back, with the
   same optimum;
-* float32 matrix products with float64 L-BFGS state (scipy).
+* all folds of one C solved as one batch by a limited-memory BFGS with every fold's
+  own state (:mod:`featkit_protocols.logistic_solver`), and all folds scored at once;
+  scipy's L-BFGS-B spent more time in its own bookkeeping than in the objective here.
 No early stop of the path: every ``C`` of the grid is fitted and scored. One caveat,
 shared with scikit-learn: the stopping rule is a gradient tolerance (``tol``, 1e-4 on
 the mean loss). Towards weak regularisation the change from one ``C`` to the next
 moves the gradient by less than that, so the warm-started path stops moving (a cold
 start stops as early, elsewhere). ``tol=1e-6, max_iter=1000`` follows the path to
-convergence at ~4× the time; on the benchmark both chose models with the same test
-accuracy (docs/performance.md).
+convergence at several times the cost.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from featkit.errors import FeatkitError
-from featkit.metrics import balanced_accuracy
 from featkit.protocols.base import Protocol, softmax, threads_for
+from featkit_protocols.logistic_solver import Problem, fold_balanced_accuracy, minimize
 
 OFFICIAL_C_RANGE = (-6.0, 5.0)  # log10 bounds of the DINOv2/v3 grid
 
@@ -72,111 +72,19 @@ def c_grid(n: int = 45) -> NDArray[np.float64]:
     return 10.0 ** np.linspace(*OFFICIAL_C_RANGE, n)
 
 
-@dataclass
-class _Problem:
-    """``F`` independent training sets solved as one: ``Z [F, m, r]``, ``y [F, m]``.
+def _row_basis(centred: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Orthonormal basis ``[d, r]`` of the span of the rows of ``centred [n, d]``, n < d.
 
-    The folds of a cross-validation have (nearly) the same size; they are padded to
-    ``m`` rows with weight 0 and minimised jointly. The joint objective is the sum of
-    the folds' objectives, whose parameters do not interact, so its minimiser is every
-    fold's own minimiser while the solver's overhead is paid once instead of ``F`` times.
+    From the eigenvectors of the ``n × n`` Gram matrix (``n²·d`` work instead of an SVD's
+    larger constant): ``V = Xᵀ·U / s``. Directions below 1e-5 of the largest singular
+    value are float32 rounding noise, not data (in the Gram matrix: 1e-10 of the
+    largest eigenvalue, well above float64's resolution).
     """
-
-    Z: NDArray[np.float32]
-    y: NDArray[np.int64]
-    weights: NDArray[np.float64]  # [F, m], each fold normalised to sum 1 (0 = padding)
-    n_classes: int
-
-    @classmethod
-    def from_folds(
-        cls,
-        Z: NDArray[np.float32],
-        y: NDArray[np.int64],
-        w: NDArray[np.float64],
-        fit_masks: list[NDArray[np.bool_]],
-        n_classes: int,
-    ) -> _Problem:
-        m = max(int(mask.sum()) for mask in fit_masks)
-        F, r = len(fit_masks), Z.shape[1]
-        Zb = np.zeros((F, m, r), np.float32)
-        yb = np.zeros((F, m), np.int64)
-        wb = np.zeros((F, m), np.float64)
-        for f, mask in enumerate(fit_masks):
-            rows = np.flatnonzero(mask)
-            Zb[f, : rows.size], yb[f, : rows.size] = Z[rows], y[rows]
-            wb[f, : rows.size] = w[rows] / w[rows].sum()
-        return cls(Zb, yb, wb, n_classes)
-
-    def prior_start(self) -> NDArray[np.float64]:
-        """``W = 0`` and each fold's intercept at its optimum for ``W = 0`` (log prior).
-
-        The most regularised C's solution is a hair away from this point; from all zeros
-        its intercept alone took ~100 L-BFGS iterations against a penalty 1e3-1e6 times
-        stiffer, a quarter of the whole path.
-        """
-        F, _, r = self.Z.shape
-        k = self.n_classes
-        prior = np.zeros((F, k))
-        for f in range(F):
-            prior[f] = np.bincount(self.y[f], weights=self.weights[f], minlength=k)
-        log_prior = np.log(np.maximum(prior, 1e-12))
-        theta = np.zeros((F, r + 1, k))
-        theta[:, r] = log_prior - log_prior.mean(axis=1, keepdims=True)
-        return theta.ravel()
-
-    @property
-    def size(self) -> int:
-        """Parameters of the whole problem: ``F · (r + 1) · K``."""
-        return self.Z.shape[0] * (self.Z.shape[2] + 1) * self.n_classes
-
-    def split(self, theta: NDArray[np.float64]) -> tuple[NDArray, NDArray]:
-        """``W [F, r, K]``, ``b [F, 1, K]`` views of the flat parameters."""
-        F, _, r = self.Z.shape
-        k = self.n_classes
-        both = theta.reshape(F, r + 1, k)
-        return both[:, :r], both[:, r:]
-
-    def loss_grad(self, theta: NDArray[np.float64], lam: NDArray) -> tuple[float, NDArray]:
-        """Objective summed over folds and its gradient; ``lam [F]`` = 1 / (C · Σ weights)."""
-        W, b = self.split(theta)
-        logits = (self.Z @ W.astype(np.float32) + b.astype(np.float32)).astype(np.float64)
-        logits -= logits.max(axis=2, keepdims=True)
-        log_norm = np.log(np.exp(logits).sum(axis=2))
-        picked = np.take_along_axis(logits, self.y[..., None], axis=2)[..., 0]
-        penalty = 0.5 * float(np.sum(lam * np.sum(W * W, axis=(1, 2))))
-        loss = float(np.sum(self.weights * (log_norm - picked))) + penalty
-        residual = np.exp(logits - log_norm[..., None])
-        np.put_along_axis(
-            residual,
-            self.y[..., None],
-            np.take_along_axis(residual, self.y[..., None], axis=2) - 1.0,
-            axis=2,
-        )
-        residual *= self.weights[..., None]
-        grad_w = np.swapaxes(self.Z, 1, 2) @ residual.astype(np.float32)
-        grad_w = grad_w.astype(np.float64) + lam[:, None, None] * W
-        grad_b = residual.sum(axis=1, keepdims=True)
-        return loss, np.concatenate([grad_w, grad_b], axis=1).ravel()
-
-    def scores(self, theta: NDArray[np.float64], Z: NDArray[np.float32], fold: int) -> NDArray:
-        W, b = self.split(theta)
-        return Z @ W[fold].astype(np.float32) + b[fold].astype(np.float32)
-
-
-def _minimize(
-    problem: _Problem, lam: NDArray, theta0: NDArray[np.float64], max_iter: int, tol: float
-) -> NDArray[np.float64]:
-    from scipy.optimize import minimize
-
-    result = minimize(
-        problem.loss_grad,
-        theta0,
-        args=(lam,),
-        jac=True,
-        method="L-BFGS-B",
-        options={"maxiter": max_iter, "gtol": tol, "ftol": 64 * np.finfo(float).eps},
-    )
-    return np.asarray(result.x, dtype=np.float64)
+    X = centred.astype(np.float64)
+    eigenvalues, U = np.linalg.eigh(X @ X.T)
+    top = eigenvalues[-1] if eigenvalues.size else 0.0
+    keep = eigenvalues > top * 1e-10 if top > 0 else np.zeros_like(eigenvalues, bool)
+    return ((X.T @ U[:, keep]) / np.sqrt(eigenvalues[keep])).astype(np.float32)
 
 
 def _half_up(x: float) -> int:
@@ -334,10 +242,7 @@ class Logistic(Protocol):
         # Basis of the centred rows when it is smaller than the feature space (exact).
         n, d = centred.shape
         if n < d:
-            _, s, vt = np.linalg.svd(centred.astype(np.float64), full_matrices=False)
-            # Directions below 1e-5 of the largest are float32 rounding noise, not data.
-            keep = s > s[0] * 1e-5 if s.size and s[0] > 0 else np.zeros_like(s, bool)
-            self.basis_: NDArray[np.float32] | None = vt[keep].T.astype(np.float32)
+            self.basis_: NDArray[np.float32] | None = _row_basis(centred)
             Z = centred @ self.basis_
         else:
             self.basis_ = None
@@ -354,10 +259,10 @@ class Logistic(Protocol):
             self.C_, self.selection_ = self.fallback_c / max(mean_sq, 1e-12), "fallback"
         else:
             self.C_, theta0 = self._select(Z, y_idx, w, counts, offsets)
-        problem = _Problem.from_folds(Z, y_idx, w, [np.ones(n, bool)], k)
-        start = np.zeros(problem.size) if theta0 is None else theta0
+        problem = Problem.from_folds(Z, y_idx, w, [np.ones(n, bool)], k)
+        start = np.zeros(problem.shape) if theta0 is None else theta0
         lam = np.array([1.0 / (self.C_ * w.sum())])
-        W, b = problem.split(_minimize(problem, lam, start, self.max_iter, self.tol))
+        W, b = problem.split(minimize(problem, lam, start, self.max_iter, self.tol))
         W, b = W[0], b[0, 0]
         W = W if self.basis_ is None else self.basis_ @ W  # [D, K] on standardised features
         self.coef_ = (W * self.scale_[:, None]).T.astype(np.float32)  # [K, D] on raw features
@@ -380,23 +285,27 @@ class Logistic(Protocol):
         )
         self.selection_ = "holdout" if len(held_out) == 1 else f"{len(held_out)}-fold"
         fit_masks = [~mask for mask in held_out]
-        problem = _Problem.from_folds(Z, y_idx, w, fit_masks, counts.size)
-        weight_sums = np.array([w[mask].sum() for mask in fit_masks])
+        problem = Problem.from_folds(Z, y_idx, w, fit_masks, counts.size)
+        lam = 1.0 / (grid[:, None] * np.array([w[mask].sum() for mask in fit_masks]))
+        # Held-out rows of every fold, padded to one array so one product scores all.
+        rows = [np.flatnonzero(mask) for mask in held_out]
+        h = max(r.size for r in rows)
+        valid = np.arange(h) < np.array([r.size for r in rows])[:, None]  # [F, h]
+        index = np.stack([np.resize(r, h) for r in rows])  # padding repeats rows, masked
+        Z_held, y_held = Z[index].astype(problem.Z.dtype), y_idx[index]
         shift = np.zeros(counts.size) if offsets is None else offsets
         scores = np.zeros(len(grid))
         theta = problem.prior_start()
         thetas: list[NDArray[np.float64]] = []
-        for i, c in enumerate(grid):  # small to large C: each start is close to its optimum
-            theta = _minimize(problem, 1.0 / (c * weight_sums), theta, self.max_iter, self.tol)
-            for f, mask in enumerate(held_out):
-                logits = problem.scores(theta, Z[mask], f) - shift
-                scores[i] += balanced_accuracy(y_idx[mask], np.argmax(logits, axis=1))
+        for i in range(len(grid)):  # small to large C: each start is close to its optimum
+            theta = minimize(problem, lam[i], theta, self.max_iter, self.tol)
+            predicted = np.argmax(problem.scores(theta, Z_held) - shift, axis=2)
+            scores[i] = fold_balanced_accuracy(predicted, y_held, valid, counts.size).mean()
             thetas.append(theta)
-        self.c_scores_ = scores / len(held_out)  # mean held-out balanced accuracy per C
+        self.c_scores_ = scores  # mean held-out balanced accuracy per C
         best = self.c_index_ = pick_c(self.c_scores_)
         # Warm start for the refit on all images: the first fold's solution at that C.
-        W, b = problem.split(thetas[best])
-        return float(grid[best]), np.concatenate([W[0], b[0]], axis=0).ravel()
+        return float(grid[best]), thetas[best][:1]
 
     @property
     def grid_edge_(self) -> str:

@@ -1,0 +1,62 @@
+"""The probe's thread plan (issue 14, item 3): threads for the cores actually free."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from threadpoolctl import threadpool_info
+
+from featkit.threads import (
+    PASSIVE_WAIT,
+    limit_threads,
+    passive_wait_defaults,
+    plan_threads,
+    planned_threads,
+)
+
+
+@pytest.mark.parametrize(
+    ("cpus", "load", "expected"),
+    [
+        (2, 0.0, 2),  # a quiet 2-core machine: both cores
+        (2, 0.3, 2),  # background noise does not take a core
+        (2, 1.0, 1),  # one other CPU-bound process: the core left
+        (2, 6.0, 1),  # overloaded: never fewer than one
+        (16, 3.4, 13),  # 12.6 free cores round to 13
+        (16, 3.6, 12),
+        (1, 0.0, 1),
+        (4, -1.0, 4),  # a nonsense load never gives more than the cores
+    ],
+)
+def test_plan_uses_the_free_cores(cpus: int, load: float, expected: int) -> None:
+    assert plan_threads(cpus, load) == expected
+
+
+def test_passive_wait_is_a_default_the_user_can_override() -> None:
+    environ: dict[str, str] = {}
+    passive_wait_defaults(environ)
+    assert environ == PASSIVE_WAIT and environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    chosen = {"OMP_WAIT_POLICY": "ACTIVE"}
+    passive_wait_defaults(chosen)
+    assert chosen["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def _blas_threads() -> set[int]:
+    return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+
+def test_limit_applies_inside_and_restores_after() -> None:
+    import numpy as np
+
+    np.ones((2, 2)) @ np.ones((2, 2))  # BLAS loaded
+    before = _blas_threads()
+    with limit_threads(1) as threads:
+        assert threads == 1
+        assert _blas_threads() == {1}
+    assert _blas_threads() == before
+
+
+def test_planned_threads_stay_within_the_usable_cores() -> None:
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert 1 <= planned_threads() <= (usable or 1)
