@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 
+from featkit.evaluation.splits import DEFAULT_EPISODES, DEFAULT_TEST_FRACTION
 from featkit.workspace import DEFAULT_WORKSPACE
 
 
@@ -124,7 +125,9 @@ def shots_option(note: str = "") -> Any:
 def episodes_option(note: str = "") -> Any:
     """--episodes: draws per few-shot setting."""
     return typer.Option(
-        10, "--episodes", help=_help("Episodes per few-shot setting ('all' has one).", note)
+        DEFAULT_EPISODES,
+        "--episodes",
+        help=_help("Episodes per few-shot setting ('all' has one).", note),
     )
 
 
@@ -136,7 +139,9 @@ def seed_option(note: str = "") -> Any:
 
 
 TEST_FRACTION_OPTION = typer.Option(
-    0.2, "--test-fraction", help="Test share per class when the data name no test split."
+    DEFAULT_TEST_FRACTION,
+    "--test-fraction",
+    help="Test share per class when the data name no test split.",
 )
 STORE_ARGUMENT = typer.Argument(..., help=STORE_HELP)
 

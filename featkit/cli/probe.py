@@ -15,8 +15,12 @@ from featkit.cli._common import (
     user_errors,
 )
 from featkit.cli._options import (
+    TEST_FRACTION_OPTION,
     WORKSPACE_OPTION,
+    episodes_option,
     resolve_workspace,
+    seed_option,
+    shots_option,
 )
 from featkit.errors import FeatkitError
 
@@ -117,14 +121,10 @@ def probe(
     stores: list[Path] = typer.Argument(
         None, help="Store files (.h5); default: every store of the workspace.", show_default=False
     ),
-    shots: str = typer.Option(
-        "1,5,10,all", "--shots", help="Images per class: integers, fractions like 10%, 'all'."
-    ),
-    episodes: int = typer.Option(10, "--episodes", help="Episodes per few-shot setting (all: 1)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the train/test split and the episodes."),
-    test_fraction: float = typer.Option(
-        0.2, "--test-fraction", help="Test share per class when the data name no test split."
-    ),
+    shots: str = shots_option(),
+    episodes: int = episodes_option(),
+    seed: int = seed_option(),
+    test_fraction: float = TEST_FRACTION_OPTION,
     protocols: str | None = typer.Option(
         None,
         "--protocols",
