@@ -9,16 +9,21 @@ centre-cropped to ``image_size`` (default 32 px), flattened channel-first: ``D =
 ``pixels-grey`` keeps one channel, the mean of R, G and B (for a grey image, whose
 three channels are equal, exactly its grey value): ``D = image_size**2``, a third of
 the width and of the store for the same information on grey data (digits, X-rays).
+``pixels`` does the same by itself when every image of the data set is stored grey
+(Pillow modes 1, L, LA, I, I;16, F; read from the file headers, without decoding),
+decided once per extraction so that the store has one width, and recorded in the
+store's fingerprint as ``"channels": 1``.
 
 To fit the :class:`~featkit.backbones.Backbone` contract the whole image is one
 "patch": ``patch_size == image_size``, the grid is 1x1, and CLS, the single patch and
-therefore the patch mean are all the same vector. There are no weights: ``weights`` is
-refused and ``pretrained`` changes nothing.
+therefore the patch mean are all the same vector (``cls_is_patch_mean``: the store
+links ``patch_mean`` to ``cls`` instead of holding it twice). There are no weights:
+``weights`` is refused and ``pretrained`` changes nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +36,53 @@ from featkit.errors import FeatkitError
 NAME = "pixels"
 GREY_NAME = "pixels-grey"
 DEFAULT_IMAGE_SIZE = 32
+# Pillow modes whose pixels carry one grey value (with or without alpha).
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
+def all_grey(paths: Iterable[Path]) -> bool:
+    """True when every readable image among ``paths`` is stored with one grey channel.
+
+    Reads only the headers. A file Pillow cannot open is skipped: extraction records it
+    as failed, and it holds no colour to lose.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    seen = False
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                mode = img.mode
+        except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError):
+            continue
+        if mode not in GREY_MODES:
+            return False
+        seen = True
+    return seen
 
 
 class PixelsBackbone(Backbone):
     """Raw pixels; tokens are ``[B, 2, 3*s*s]``: CLS and the one patch, both the image."""
 
     channels: int = 3  # 1: the mean of the RGB channels (pixels-grey)
+    cls_is_patch_mean = True  # the one "patch" is the image: the store keeps one copy
+    auto_grey = False  # pixels: one channel when every image of the data set is grey
+
+    def adapt_to_images(self, paths: Iterable[Path]) -> dict[str, Any]:
+        """Settle the channel count for one extraction of ``paths``.
+
+        Returns the fingerprint entries that record the choice (``{"channels": 1}``
+        when ``pixels`` went grey; nothing for RGB, so that stores made before the
+        choice existed still match).
+        """
+        if not self.auto_grey:
+            return {}
+        self.set_channels(1 if all_grey(paths) else 3)
+        return {"channels": 1} if self.channels == 1 else {}
+
+    def set_channels(self, channels: int) -> None:
+        self.channels = channels
+        self.embed_dim = channels * self.patch_size * self.patch_size
 
     def tokens(self, images: Tensor) -> Tensor:
         if self.channels == 1:
@@ -89,7 +135,8 @@ def create_pixels(
         weights_sha256=None,
         lora_targets=(),
     )
-    backbone.channels = channels
+    backbone.set_channels(channels)
+    backbone.auto_grey = name == NAME
     return backbone
 
 
