@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 from featkit import atomic
 from featkit.cli import app
 from featkit.extraction.run import partial_dir
-from featkit.store.writer import StoreWriter
 from featkit.store import integrity
 from featkit.store.reader import open_store
+from featkit.store.writer import StoreWriter
 from tests.helpers import digits_folder
 from tests.test_evaluate import make_store
 from tests.test_faults import zero_dataset
