@@ -9,10 +9,10 @@ centre-cropped to ``image_size`` (default 32 px), flattened channel-first: ``D =
 ``pixels-grey`` keeps one channel, the mean of R, G and B (for a grey image, whose
 three channels are equal, exactly its grey value): ``D = image_size**2``, a third of
 the width and of the store for the same information on grey data (digits, X-rays).
-``pixels`` does the same by itself when every image of the data set is stored grey
-(Pillow modes 1, L, LA, I, I;16, F; read from the file headers, without decoding),
-decided once per extraction so that the store has one width, and recorded in the
-store's fingerprint as ``"channels": 1``.
+``pixels`` does the same by itself when no image of the data set holds colour (stored
+grey, Pillow modes 1, L, LA, I, I;16, F, read from the header; or decoded to three
+equal channels), decided once per extraction so that the store has one width, and
+recorded in the store's fingerprint as ``"channels": 1``.
 
 To fit the :class:`~featkit.backbones.Backbone` contract the whole image is one
 "patch": ``patch_size == image_size``, the grid is 1x1, and CLS, the single patch and
@@ -40,24 +40,39 @@ DEFAULT_IMAGE_SIZE = 32
 GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 
-def all_grey(paths: Iterable[Path]) -> bool:
-    """True when every readable image among ``paths`` is stored with one grey channel.
-
-    Reads only the headers. A file Pillow cannot open is skipped: extraction records it
-    as failed, and it holds no colour to lose.
+def is_grey(path: Path) -> bool | None:
+    """Whether the image at ``path`` holds no colour: stored with one grey channel (read
+    from the header), or decoded to three equal channels. None when it cannot be decoded.
     """
+    import numpy as np
     from PIL import Image, UnidentifiedImageError
 
+    from featkit.data.images import load_image
+    from featkit.errors import ImageDecodeError
+
+    try:
+        with Image.open(path) as img:
+            if img.mode in GREY_MODES:
+                return True
+        rgb = np.asarray(load_image(path))
+    except (OSError, ValueError, UnidentifiedImageError, ImageDecodeError):
+        return None
+    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+
+
+def all_grey(paths: Iterable[Path]) -> bool:
+    """True when every decodable image among ``paths`` holds no colour (:func:`is_grey`).
+
+    Stops at the first colour image, so a colour data set costs about one decode; a grey
+    one stored as RGB is decoded once in full. A file that cannot be decoded is skipped:
+    extraction records it as failed, and it holds no colour to lose.
+    """
+    verdicts = (is_grey(Path(p)) for p in paths)
     seen = False
-    for path in paths:
-        try:
-            with Image.open(path) as img:
-                mode = img.mode
-        except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError):
-            continue
-        if mode not in GREY_MODES:
+    for grey in verdicts:
+        if grey is False:
             return False
-        seen = True
+        seen = seen or grey is True
     return seen
 
 

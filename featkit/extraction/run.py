@@ -68,6 +68,7 @@ __all__ = ["ExtractReport", "ExtractSettings", "extract", "partial_dir"]
 
 logger = logging.getLogger("featkit")
 
+
 # -- the entry point -------------------------------------------------------------------
 def _existing_store(out_path: Path, fingerprint: dict[str, Any], overwrite: bool) -> Store | None:
     """The previous store if it may be extended; raises on a fingerprint mismatch."""
