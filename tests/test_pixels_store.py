@@ -84,7 +84,9 @@ def test_export_and_import_round_trip_a_linked_store(
     exported = np.load(tmp_path / "out" / "features.npy")
     np.testing.assert_array_equal(exported, cls)
     csv = tmp_path / "labels.csv"
-    csv.write_text("path,label\n" + "".join(f"{p},{y}\n" for p, y in zip(paths, labels)))
+    csv.write_text(
+        "path,label\n" + "".join(f"{p},{y}\n" for p, y in zip(paths, labels, strict=True))
+    )
     imported = import_features(exported, csv, "again", tmp_path / "ws", dataset="digits")
     with open_store(imported) as store:
         np.testing.assert_array_equal(store.features("cls"), cls)
