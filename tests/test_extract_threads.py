@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from featkit.backbones import create_backbone
-from featkit.extraction import plan as plan_mod
 from featkit.extraction.forward import Runner, torch_threads
 from featkit.extraction.plan import ThreadPlan, available_cores, thread_plan
 
@@ -39,7 +38,6 @@ def test_cores_come_from_the_affinity(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(os, "sched_getaffinity", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: None)
     assert available_cores() == 1
-    assert plan_mod.default_decode_workers(2) == 1
 
 
 def test_torch_threads_only_lower_and_restore() -> None:

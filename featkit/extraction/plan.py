@@ -126,11 +126,6 @@ def thread_plan(device: str, cores: int, workers: int | None = None) -> ThreadPl
     return plan
 
 
-def default_decode_workers(cpu_count: int) -> int:
-    """Decode threads on a CPU with ``cpu_count`` cores (see :func:`thread_plan`)."""
-    return thread_plan("cpu", cpu_count).decode_workers
-
-
 # -- the plan --------------------------------------------------------------------------
 Stat = tuple[int, int]  # (size in bytes, mtime in ns) of an image file; (-1, -1): unknown
 

@@ -16,8 +16,10 @@ way, so a resumed run computes exactly the numbers an uninterrupted one does. Be
 shards name their rows by work-list index, a distributed run can split the shard
 numbers between ranks (rank ``r`` takes shards ``r::world``) and rank 0 merges.
 
-The shard phase lives in :mod:`featkit.extraction.shards`, the merge in
-:mod:`featkit.extraction.merge`; this module plans, locks and drives them.
+The settings, work list and thread plan live in :mod:`featkit.extraction.plan`, decoding
+and the forward pass in :mod:`featkit.extraction.forward`, the shard phase in
+:mod:`featkit.extraction.shards`, the merge in :mod:`featkit.extraction.merge`; this
+module locks the store, plans and drives them.
 """
 
 from __future__ import annotations
