@@ -105,8 +105,8 @@ def thread_plan(device: str, cores: int, workers: int | None = None) -> ThreadPl
     """The thread plan for a pass on ``device`` with ``cores`` host cores.
 
     On a CPU the forward pass is the work: a 500x375 JPEG costs about 4 ms of one core to
-    decode and transform, a ViT-S/14 bf16 forward about 44 core-ms (docs/performance.md),
-    so decoding needs about a tenth of the cores. Up to 2 cores one decode thread shares
+    decode and transform, a ViT-S/14 bf16 forward about 21 ms on two cores
+    (docs/performance.md), so decoding needs about a tenth of the cores. Up to 2 cores one decode thread shares
     them with the forward (it runs in the forward's gaps; a second thread only takes CPU
     from it); above that the decode threads get cores of their own, one per 8 cores.
     On CUDA the host only decodes: every core but one decodes, torch keeps one thread
