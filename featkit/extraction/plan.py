@@ -106,9 +106,10 @@ def thread_plan(device: str, cores: int, workers: int | None = None) -> ThreadPl
 
     On a CPU the forward pass is the work: a 500x375 JPEG costs about 4 ms of one core to
     decode and transform, a ViT-S/14 bf16 forward about 21 ms on two cores
-    (docs/performance.md), so decoding needs about a tenth of the cores. Up to 2 cores one decode thread shares
-    them with the forward (it runs in the forward's gaps; a second thread only takes CPU
-    from it); above that the decode threads get cores of their own, one per 8 cores.
+    (docs/performance.md), so decoding needs about a tenth of the cores. Up to 2 cores
+    one decode thread shares them with the forward (it runs in the forward's gaps; a
+    second thread only takes CPU from it); above that the decode threads get cores of
+    their own, one per 8 cores.
     On CUDA the host only decodes: every core but one decodes, torch keeps one thread
     for stacking batches, and batches go through pinned memory with asynchronous copies.
     ``workers`` (``--workers``) overrides the number of decode threads.
