@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 
 from featkit import atomic
 from featkit.cli import app
-from featkit.extraction import run as extract_mod
 from featkit.extraction.run import partial_dir
 from featkit.store import integrity
 from featkit.store.reader import open_store
+from featkit.store.writer import StoreWriter
 from tests.helpers import digits_folder
 from tests.test_evaluate import make_store
 from tests.test_faults import zero_dataset
@@ -120,7 +120,7 @@ def test_ctrl_c_during_merge_exits_130_and_the_rerun_resumes(
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(extract_mod.StoreWriter, "write_images", interrupted)
+    monkeypatch.setattr(StoreWriter, "write_images", interrupted)
     result = runner.invoke(app, ["extract", str(data), *MODEL, "-w", str(ws)])
     assert result.exit_code == 130, result.output
     assert "rerun the same command to resume" in result.stderr

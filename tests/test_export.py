@@ -19,7 +19,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def digits_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Real sklearn digits (10 per class) through the pixels backbone at 8 px (D = 192)."""
+    """Real sklearn digits (10 per class) through pixels at 8 px: grey, so D = 64."""
     from featkit.backbones import create_backbone
     from featkit.data.images import discover
     from featkit.extraction.run import ExtractSettings, extract
@@ -50,7 +50,7 @@ def test_npy_export_round_trips_through_import_to_identical_probe_results(
     ws = tmp_path / "ws"
     code, output = _invoke("export", digits_store, "--out", tmp_path / "emb")
     assert code == 0, output
-    assert "exported 100 rows of cls (dim 192)" in output
+    assert "exported 100 rows of cls (dim 64)" in output
     meta = pd.read_csv(tmp_path / "emb" / "metadata.csv", dtype=str, keep_default_na=False)
     assert list(meta.columns) == ["path", "label", "split"]
     code, output = _invoke(

@@ -147,7 +147,7 @@ def test_a_damaged_shard_on_disk_is_extracted_again(
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(extract_mod, "_merge", interrupted)
+    monkeypatch.setattr(extract_mod, "merge", interrupted)
     with pytest.raises(KeyboardInterrupt):
         extract(discover(data), backbone, out, SETTINGS)
     monkeypatch.undo()

@@ -56,7 +56,8 @@ def test_pixels_and_random_init_produce_stores(tmp_path: Path) -> None:
         "featkit-tiny-dino", pretrained=False, image_size=16, model_kwargs={"depth": 1}
     )
     assert random_vit.weights_sha256 is None
-    for backbone, dim in ((create_backbone("pixels", image_size=16), 768), (random_vit, 128)):
+    # Grey digits: pixels keeps one channel, 16 * 16 values.
+    for backbone, dim in ((create_backbone("pixels", image_size=16), 256), (random_vit, 128)):
         path = extract(data, backbone, tmp_path / f"{backbone.name}.h5").path
         with open_store(path) as store:
             features = store.features("cls")

@@ -60,7 +60,8 @@ def extract_command(
     workers: int | None = typer.Option(
         None,
         "--workers",
-        help="Decode threads beside the forward pass (0: inline; default 1 on ≤ 2 cores, else 2).",
+        help="Decode threads beside the forward pass (0: inline; default: from the usable "
+        "cores, 1 per 8 on a CPU and at least 1, all but one with CUDA).",
     ),
     shard_size: int = typer.Option(
         512, "--shard-size", help="Rows per shard file: the unit of crash recovery."
@@ -139,7 +140,7 @@ def extract_command(
     from featkit.data.images import discover
     from featkit.errors import FeatkitError
     from featkit.extraction.distributed import context_from_env, process_group, rank_device
-    from featkit.extraction.run import ExtractSettings, default_decode_workers, extract
+    from featkit.extraction.run import ExtractSettings, extract
     from featkit.progress import SILENT
     from featkit.store.integrity import human_bytes
     from featkit.tune import adapter_fingerprint, load_tuned_backbone
@@ -179,7 +180,7 @@ def extract_command(
         patches=patches.value,
         precision=precision.value,
         batch_size=batch_size,
-        workers=workers if workers is not None else default_decode_workers(os.cpu_count() or 1),
+        workers=workers,  # None: from the cores and device (thread_plan)
         shard_size=shard_size,
         device=device,
         model_name=store_model,

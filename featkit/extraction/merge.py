@@ -1,4 +1,4 @@
-"""The merge phase of ``featkit.extraction.run``: previous store + shards -> the new store.
+"""The merge phase: the previous store + the shards -> the new store.
 
 Rows are streamed in path order, block by block, into a file that ``atomic_hdf5``
 verifies before it replaces the store; the previous store is verified first, so that
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from featkit.extraction.shards import Stat, _Plan
+from featkit.extraction.plan import Plan, Stat
 from featkit.progress import Progress
 from featkit.store.reader import Store, StoreWriter, atomic_hdf5, open_store
 
@@ -40,7 +40,7 @@ class _ShardIndex:
     errors: np.ndarray  # [W] str
 
 
-def _index_shards(work_dir: Path, plan: _Plan) -> _ShardIndex:
+def index_shards(work_dir: Path, plan: Plan) -> _ShardIndex:
     import h5py
 
     from featkit.store.reader import _read_str
@@ -68,7 +68,7 @@ def _index_shards(work_dir: Path, plan: _Plan) -> _ShardIndex:
     return _ShardIndex(files, shard_of, pos_of, status, errors)
 
 
-def _runs(rows: np.ndarray) -> Iterator[tuple[int, int, int]]:
+def runs(rows: np.ndarray) -> Iterator[tuple[int, int, int]]:
     """Split ascending ``rows`` into maximal consecutive runs: (offset, first, length)."""
     if len(rows) == 0:
         return
@@ -79,18 +79,18 @@ def _runs(rows: np.ndarray) -> Iterator[tuple[int, int, int]]:
         yield int(s), int(rows[s]), int(e - s)
 
 
-class _RowSources:
+class RowSources:
     """Where every row of the new store comes from: a shard or the previous store.
 
     Output rows are in path order; so are the work list and the previous store, so both
     sources are read forwards, in contiguous slices.
     """
 
-    def __init__(self, paths: list[str], plan: _Plan, work_dir: Path, old: Store | None) -> None:
+    def __init__(self, paths: list[str], plan: Plan, work_dir: Path, old: Store | None) -> None:
         work_pos = {p: i for i, p in enumerate(plan.work)}
         old_row = {p: i for i, p in enumerate(old.paths(include_failed=True))} if old else {}
         self.old = old
-        self.shards = _index_shards(work_dir, plan) if plan.work else None
+        self.shards = index_shards(work_dir, plan) if plan.work else None
         self.from_new = np.array([p in work_pos for p in paths], dtype=bool)
         self.src = np.array(
             [
@@ -150,7 +150,7 @@ class _RowSources:
         new, rows = self.from_new[start:stop], self.src[start:stop]
         if self.old is not None:
             old_at = np.flatnonzero(~new)
-            for off, first, length in _runs(rows[old_at]):
+            for off, first, length in runs(rows[old_at]):
                 for name, array in out.items():
                     array[old_at[off : off + length]] = self.old.raw_rows(
                         name, first, first + length
@@ -172,10 +172,10 @@ class _RowSources:
         self._open.clear()
 
 
-def _merge(
+def merge(
     out_path: Path,
     dataset: Dataset,
-    plan: _Plan,
+    plan: Plan,
     work_dir: Path,
     previous: Path | None,
     model_name: str,
@@ -185,13 +185,18 @@ def _merge(
     progress: Progress,
     stats: dict[str, Stat] | None = None,
     cost: dict[str, Any] | None = None,
+    mean_is_cls: bool = False,
 ) -> None:
-    """Stream the previous store's rows and the shards into a new store, in path order."""
+    """Stream the previous store's rows and the shards into a new store, in path order.
+
+    ``mean_is_cls``: the backbone's patch mean is its CLS; the store links
+    ``patch_mean`` to ``cls`` instead of holding a second copy.
+    """
     records = sorted(dataset.records, key=lambda r: r.path)
     paths = [r.path for r in records]
     label_index = {name: i for i, name in enumerate(dataset.label_names)}
     shapes: dict[str, tuple[tuple[int, ...], Any]] = {"cls": ((dim,), np.float32)}
-    if patches != "none":
+    if patches != "none" and not mean_is_cls:
         shapes["patch_mean"] = ((dim,), np.float32)
     if grid_hw is not None:
         shapes["patches"] = ((*grid_hw, dim), np.float16)
@@ -212,7 +217,7 @@ def _merge(
             damage = old.verify()
             if damage:
                 raise old._damaged("; ".join(damage))
-        sources = _RowSources(paths, plan, work_dir, old)
+        sources = RowSources(paths, plan, work_dir, old)
         stack.callback(sources.close)
         status, errors = sources.status_and_errors()
         file_sizes, file_mtimes = sources.file_stats(stats or {}, paths)
@@ -226,7 +231,8 @@ def _merge(
             model=model_name,
             label_names=dataset.label_names,
             fingerprint=plan.fingerprint,
-            patch_mean="patch_mean" in shapes,
+            patch_mean=patches != "none",
+            patch_mean_is_cls=mean_is_cls,
             grid=grid_hw,
             layers=layers,
         )

@@ -16,8 +16,10 @@ way, so a resumed run computes exactly the numbers an uninterrupted one does. Be
 shards name their rows by work-list index, a distributed run can split the shard
 numbers between ranks (rank ``r`` takes shards ``r::world``) and rank 0 merges.
 
-The shard phase lives in :mod:`featkit.extraction.shards`, the merge in
-:mod:`featkit.extraction.merge`; this module plans, locks and drives them.
+The settings, work list and thread plan live in :mod:`featkit.extraction.plan`, decoding
+and the forward pass in :mod:`featkit.extraction.forward`, the shard phase in
+:mod:`featkit.extraction.shards`, the merge in :mod:`featkit.extraction.merge`; this
+module locks the store, plans and drives them.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import logging
 import shutil
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,123 +36,39 @@ import numpy as np
 
 from featkit.cost import extraction_cost, reset_peak, store_cost
 from featkit.errors import FeatkitError, FingerprintMismatchError
-
-# Names that lived in this module before the shard and merge phases moved out of it.
-from featkit.extraction.merge import MERGE_BYTES as MERGE_BYTES
-from featkit.extraction.merge import _index_shards as _index_shards
-from featkit.extraction.merge import _merge
-from featkit.extraction.merge import _RowSources as _RowSources
-from featkit.extraction.merge import _runs as _runs
-from featkit.extraction.shards import (
+from featkit.extraction.forward import Runner, torch_threads
+from featkit.extraction.merge import merge
+from featkit.extraction.plan import (
     MANIFEST,
+    ExtractReport,
+    ExtractSettings,
+    Plan,
     Stat,
-    _Plan,
-    _read_manifest,
-    _run_shards,
-    _Runner,
-    _shard_done,
-    _shard_path,
-    _write_json_atomic,
+    available_cores,
+    check_settings,
+    check_space,
+    effective_shard_size,
     file_stats,
+    partial_dir,
+    read_manifest,
+    shard_path,
+    thread_plan,
+    write_json_atomic,
 )
-from featkit.extraction.shards import MANIFEST_FORMAT as MANIFEST_FORMAT
-from featkit.extraction.shards import _decode_one as _decode_one
-from featkit.extraction.shards import _decoded as _decoded
-from featkit.extraction.shards import _write_shard as _write_shard
+from featkit.extraction.shards import run_shards, shard_done
+from featkit.locks import LockBusyError, file_lock
 from featkit.progress import SILENT, Progress
 from featkit.store.fingerprint import BINDING_KEYS, INFO_KEYS, differences, make_fingerprint
-from featkit.store.integrity import require_free_space
-from featkit.store.reader import (
-    STATUS_OK,
-    TMP_SUFFIX,
-    Store,
-    fsync_dir,
-    open_store,
-)
-from featkit.store.reader import StoreWriter as StoreWriter
-from featkit.store.reader import atomic_hdf5 as atomic_hdf5
+from featkit.store.reader import STATUS_OK, TMP_SUFFIX, Store, fsync_dir, open_store
 
 if TYPE_CHECKING:
     from featkit.backbones import Backbone
     from featkit.data.images import Dataset, ImageRecord
     from featkit.extraction.distributed import Coordinator
 
+__all__ = ["ExtractReport", "ExtractSettings", "extract", "partial_dir"]
+
 logger = logging.getLogger("featkit")
-
-PATCH_MODES = ("full", "mean", "none")
-# A shard is held in memory until written; cap it whatever --shard-size says.
-SHARD_BYTES = 64 << 20
-
-
-@dataclass(frozen=True)
-class ExtractSettings:
-    """How to run the pass; everything that changes feature values is in the fingerprint."""
-
-    patches: str = "mean"  # "full": CLS + patch mean + float16 grid; "mean": no grid; "none": CLS
-    precision: str = "auto"  # "auto" (bf16 where native, else fp32) | "fp32" | "bf16" | "fp16"
-    batch_size: int = 32  # images per forward pass
-    workers: int = 2  # decode threads overlapping the forward pass; 0 decodes inline
-    shard_size: int = 512  # rows per shard file (the unit of resumption)
-    device: str = "auto"  # "auto" | "cpu" | "cuda[:N]"
-    model_name: str | None = None  # model name in the store; default: backbone.name
-    overwrite: bool = False  # replace a store made with other settings instead of refusing
-    retry_failed: bool = False  # run previously failed images again
-    # CLS tokens of the last n blocks to store as /features/cls_layers (the official
-    # linear-evaluation features, kinds cls<k> and cls<k>+avgpool); 1 stores none.
-    layers: int = 1
-
-
-@dataclass
-class ExtractReport:
-    """What one call did."""
-
-    path: Path  # the store
-    rows: int  # rows in the store
-    extracted: int  # images run through the backbone by this call
-    reused: int  # rows taken from the previous store or from shards of an interrupted run
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), whole store
-    seconds: float = 0.0  # wall time of the call
-    images_per_second: float = 0.0  # extraction throughput of this call
-    file_size: int = 0  # bytes
-    precision: str = "fp32"  # the precision used
-    device: str = "cpu"
-    up_to_date: bool = False  # nothing to do: the store already matched the data
-
-
-def default_decode_workers(cpu_count: int) -> int:
-    """Decode threads for a machine: leave the other cores to the forward pass.
-
-    On 2 cores one decode thread keeps up with a ViT-S forward and a second one only
-    takes CPU from it (measured: docs/performance.md); bigger machines get two.
-    """
-    return 1 if cpu_count <= 2 else 2
-
-
-def partial_dir(out_path: Path) -> Path:
-    """The hidden work folder beside ``out_path`` (``.<name>.h5.partial``)."""
-    return out_path.with_name(f".{out_path.name}.partial")
-
-
-def effective_shard_size(
-    requested: int, dim: int, grid_hw: tuple[int, int] | None, layers: int = 1
-) -> int:
-    """Rows per shard: ``requested``, lowered so that one shard stays under SHARD_BYTES."""
-    row_bytes = dim * 8 + (grid_hw[0] * grid_hw[1] * dim * 2 if grid_hw else 0)
-    row_bytes += dim * 4 * layers if layers > 1 else 0
-    return max(1, min(requested, SHARD_BYTES // row_bytes))
-
-
-def _check_settings(settings: ExtractSettings) -> None:
-    if settings.patches not in PATCH_MODES:
-        raise FeatkitError(
-            f"patches: expected one of {', '.join(PATCH_MODES)}, got {settings.patches!r}"
-        )
-    for name in ("batch_size", "shard_size", "layers"):
-        value = getattr(settings, name)
-        if not isinstance(value, int) or value < 1:
-            raise FeatkitError(f"{name}: expected a positive integer, got {value!r}")
-    if not isinstance(settings.workers, int) or settings.workers < 0:
-        raise FeatkitError(f"workers: expected an integer >= 0, got {settings.workers!r}")
 
 
 # -- the entry point -------------------------------------------------------------------
@@ -220,10 +137,10 @@ def _work_list(
 
 
 def _prepare_work_dir(
-    work_dir: Path, plan: _Plan, store_plan_id: str | None, overwrite: bool
+    work_dir: Path, plan: Plan, store_plan_id: str | None, overwrite: bool
 ) -> None:
     """Reuse the work folder of an interrupted identical run; otherwise start it afresh."""
-    manifest = _read_manifest(work_dir) if work_dir.exists() else None
+    manifest = read_manifest(work_dir) if work_dir.exists() else None
     if manifest is not None:
         found = manifest.get("plan_id")
         if found == plan.plan_id:
@@ -244,34 +161,20 @@ def _prepare_work_dir(
         shutil.rmtree(work_dir)
     if plan.work:
         work_dir.mkdir(parents=True)
-        _write_json_atomic(work_dir / MANIFEST, plan.to_json())
+        write_json_atomic(work_dir / MANIFEST, plan.to_json())
 
 
 @contextlib.contextmanager
 def _exclusive(out_path: Path) -> Iterator[None]:
-    """One writer per store: a second ``featkit extract`` on it fails instead of interleaving.
-
-    The lock is an flock on a hidden file; the kernel drops it when the process dies, so
-    a killed run never leaves the store locked.
-    """
+    """One writer per store: a second ``featkit extract`` on it fails instead of interleaving."""
     try:
-        import fcntl
-    except ImportError:  # not POSIX: no cross-process lock, as before
-        yield
-        return
-    lock_path = out_path.with_name(f".{out_path.name}.lock")
-    with open(lock_path, "a+b") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise FeatkitError(
-                f"store {out_path}: expected no other extraction writing it, but one is "
-                "running (wait for it, or use --out/--name for a separate store)"
-            ) from None
-        try:
+        with file_lock(out_path.with_name(f".{out_path.name}.lock"), wait=False):
             yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    except LockBusyError:
+        raise FeatkitError(
+            f"store {out_path}: expected no other extraction writing it, but one is "
+            "running (wait for it, or use --out/--name for a separate store)"
+        ) from None
 
 
 def extract(
@@ -300,7 +203,7 @@ def extract(
     settings = settings or ExtractSettings()
     coordinator = coordinator or LOCAL
     started = time.perf_counter()
-    _check_settings(settings)
+    check_settings(settings)
     out_path = Path(out_path)
     if not dataset.records:
         raise FeatkitError(f"data set {dataset.name}: expected at least one image, got none")
@@ -312,7 +215,14 @@ def extract(
         )
     device = resolve_device(settings.device)
     precision = resolve_precision(settings.precision, detect_hardware(device))
-    fingerprint = make_fingerprint(backbone, precision=precision, patches=settings.patches)
+    # A backbone whose width depends on the images (pixels: one channel when every image
+    # is grey) settles it once for the whole data set, so the store has one width.
+    adapt = getattr(backbone, "adapt_to_images", None)
+    adapted = adapt([dataset.root / r.path for r in dataset.records]) if adapt else {}
+    fingerprint = {
+        **make_fingerprint(backbone, precision=precision, patches=settings.patches),
+        **adapted,
+    }
     if settings.layers != 1:
         depth = backbone.depth()
         if settings.layers > depth:
@@ -325,6 +235,8 @@ def extract(
     grid_hw = (crop // patch, crop // patch) if settings.patches == "full" else None
     work_dir = partial_dir(out_path)
     main = coordinator.rank == 0
+    # pixels: CLS and patch mean are the same vector; the store keeps one copy.
+    mean_is_cls = bool(getattr(backbone, "cls_is_patch_mean", False))
     stats: dict[str, Stat] = {}
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -343,21 +255,31 @@ def extract(
         extracted, seconds = 0, 0.0
         if plan is not None and plan.work and not up_to_date:
             mine = range(coordinator.rank, plan.num_shards, coordinator.world)
-            todo = [k for k in mine if not _shard_done(_shard_path(work_dir, k), plan, k)]
+            todo = [k for k in mine if not shard_done(shard_path(work_dir, k), plan, k)]
             if todo:
                 reset_peak(device)
                 backbone.to(device).eval()
-                runner = _Runner(backbone, device, precision, settings.patches, settings.layers)
-                extracted, seconds = _run_shards(
-                    plan,
-                    todo,
-                    work_dir,
-                    dataset.root,
-                    runner,
-                    settings,
-                    grid_hw or (0, 0),
-                    progress,
+                threads = thread_plan(device, available_cores(), settings.workers)
+                runner = Runner(
+                    backbone,
+                    device,
+                    precision,
+                    settings.patches,
+                    settings.layers,
+                    threads=threads,
+                    mean_is_cls=mean_is_cls,
                 )
+                with torch_threads(threads.torch_threads):
+                    extracted, seconds = run_shards(
+                        plan,
+                        todo,
+                        work_dir,
+                        dataset.root,
+                        runner,
+                        settings.batch_size,
+                        grid_hw or (0, 0),
+                        progress,
+                    )
         coordinator.barrier()
         # 3. Rank 0 merges.
         if main and plan is not None and not up_to_date:
@@ -367,7 +289,7 @@ def extract(
                 if extracted
                 else store_cost(previous)
             )
-            _merge(
+            merge(
                 out_path,
                 dataset,
                 plan,
@@ -380,6 +302,7 @@ def extract(
                 progress,
                 stats,
                 cost=cost,
+                mean_is_cls=mean_is_cls,
             )
             if work_dir.exists():
                 shutil.rmtree(work_dir)
@@ -412,7 +335,7 @@ def _plan(
     dim: int,
     grid_hw: tuple[int, int] | None,
     stats: dict[str, Stat],
-) -> tuple[_Plan, Path | None, bool]:
+) -> tuple[Plan, Path | None, bool]:
     """(plan, previous store to extend or None, already up to date?), work folder ready."""
     store = _existing_store(out_path, fingerprint, settings.overwrite)
     try:
@@ -423,7 +346,7 @@ def _plan(
         if store is not None:
             store.close()
     shard_size = effective_shard_size(settings.shard_size, dim, grid_hw, settings.layers)
-    plan = _Plan(
+    plan = Plan(
         fingerprint=fingerprint,
         work=work,
         shard_size=shard_size,
@@ -432,16 +355,16 @@ def _plan(
     work_dir = partial_dir(out_path)
     _prepare_work_dir(work_dir, plan, store_plan_id, settings.overwrite)
     if not up_to_date:
-        _check_space(out_path, work_dir, len(work), len(dataset.records), dim, grid_hw, settings)
+        check_space(out_path, work_dir, len(work), len(dataset.records), dim, grid_hw, settings)
     stale_tmp = out_path.with_name(out_path.name + TMP_SUFFIX)
     if stale_tmp.exists():
         stale_tmp.unlink()
     return plan, (out_path if store is not None else None), up_to_date
 
 
-def _plan_from_manifest(work_dir: Path, fingerprint: dict[str, Any]) -> _Plan | None:
+def _plan_from_manifest(work_dir: Path, fingerprint: dict[str, Any]) -> Plan | None:
     """The plan rank 0 wrote; None when it found nothing to extract."""
-    manifest = _read_manifest(work_dir)
+    manifest = read_manifest(work_dir)
     if manifest is None:
         return None
     diffs = differences(manifest["fingerprint"], fingerprint, BINDING_KEYS)
@@ -450,7 +373,7 @@ def _plan_from_manifest(work_dir: Path, fingerprint: dict[str, Any]) -> _Plan | 
             f"extraction {work_dir}: expected every process to use the settings of rank 0, "
             f"got different {'; '.join(diffs)}"
         )
-    plan = _Plan(
+    plan = Plan(
         fingerprint=manifest["fingerprint"],
         work=list(manifest["work"]),
         shard_size=int(manifest["shard_size"]),
@@ -459,29 +382,3 @@ def _plan_from_manifest(work_dir: Path, fingerprint: dict[str, Any]) -> _Plan | 
     if plan.plan_id != manifest.get("plan_id"):
         raise RuntimeError(f"manifest {work_dir / MANIFEST} does not match its own plan id")
     return plan
-
-
-def _check_space(
-    out_path: Path,
-    work_dir: Path,
-    work_rows: int,
-    total_rows: int,
-    dim: int,
-    grid_hw: tuple[int, int] | None,
-    settings: ExtractSettings,
-) -> None:
-    """Refuse to start when the shards still to write plus the merged store cannot fit.
-
-    Shards already on disk count as written. The estimate is the raw feature bytes
-    plus a little per row for paths and HDF5 overhead; the old store stays until the
-    new one replaces it, so it is not counted as free.
-    """
-    row_bytes = dim * 4 * (1 if settings.patches == "none" else 2) + 256
-    row_bytes += dim * 4 * settings.layers if settings.layers > 1 else 0
-    if grid_hw is not None:
-        row_bytes += grid_hw[0] * grid_hw[1] * dim * 2
-    done = sum(f.stat().st_size for f in work_dir.glob("shard-*.h5")) if work_dir.is_dir() else 0
-    needed = max(0, work_rows * row_bytes - done) + total_rows * row_bytes
-    require_free_space(
-        out_path.parent, needed, f"extracting {work_rows} images into {out_path.name}"
-    )

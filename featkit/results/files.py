@@ -22,6 +22,7 @@ import pandas as pd
 
 from featkit.atomic import FILE_MODE, atomic_path, fsync_dir, fsync_file
 from featkit.errors import FeatkitError
+from featkit.locks import file_lock
 
 # Columns read as text so that "10%", "all", "" and names like "1e5" survive a round trip.
 TEXT_COLUMNS = (
@@ -99,18 +100,8 @@ _NUMERIC_COLUMNS = (
 
 @contextlib.contextmanager
 def locked(folder: Path) -> Iterator[None]:
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a") as handle:
-        try:
-            import fcntl
-        except ImportError:  # Windows: no advisory locks; atomic replaces still hold.
-            yield
-            return
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    with file_lock(folder / ".lock"):
+        yield
 
 
 MANIFEST_FILE = ".generation.json"

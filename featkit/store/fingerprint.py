@@ -24,6 +24,7 @@ BINDING_KEYS = (
     "patches",
     "pos_embed",
     "layers",  # CLS tokens of the last n blocks stored (recorded only when n > 1)
+    "channels",  # image channels kept (recorded only when pixels keeps 1 for grey data)
 )
 # Keys recorded for provenance; a difference only logs a warning.
 INFO_KEYS = ("featkit_version", "torch", "timm")

@@ -161,7 +161,14 @@ class StoreWriter:
         patch_mean: bool = True,
         grid: tuple[int, int] | None = None,
         layers: int = 1,
+        patch_mean_is_cls: bool = False,
     ) -> None:
+        """``patch_mean_is_cls``: the patch mean equals the CLS (a backbone whose one
+        "patch" is the whole input, such as ``pixels``); ``/features/patch_mean`` is then
+        a soft link to ``/features/cls``, one copy on disk, and is not passed to
+        :meth:`write_features`."""
+        import h5py
+
         self.num_rows = num_rows
         h5.attrs["format_version"] = FORMAT_VERSION
         h5.attrs["dataset"] = dataset
@@ -173,7 +180,7 @@ class StoreWriter:
         shapes: dict[str, tuple[tuple[int, ...], str, tuple[int, ...] | None]] = {
             "cls": ((dim,), "f4", (chunk_rows, dim))
         }
-        if patch_mean:
+        if patch_mean and not patch_mean_is_cls:
             shapes["patch_mean"] = ((dim,), "f4", (chunk_rows, dim))
         if grid is not None:
             shapes["patches"] = ((*grid, dim), "f2", (1, *grid, dim))
@@ -189,6 +196,10 @@ class StoreWriter:
             self._datasets[name] = ds
             self._hashers[name] = Hasher(dtype)
             ds.attrs[CHECKSUM_ATTR] = self._hashers[name].hexdigest()
+        if patch_mean and patch_mean_is_cls:
+            # A soft link, not a hard one: the file says which name is the copy, and
+            # checksum verification (which visits objects, not links) hashes it once.
+            feats["patch_mean"] = h5py.SoftLink(f"{feats.name}/cls")
         self._next = 0
         self._images = h5.create_group("images")
 
