@@ -113,3 +113,14 @@ def test_bad_label_arrays_are_errors() -> None:
         metrics.accuracy(np.zeros((2, 2)), [0, 1])
     with pytest.raises(FeatkitError, match="expected 3 labels"):
         metrics.accuracy([0, 1, 2], [0, 1])
+
+
+def test_mid_ranks_equal_scipy_rankdata_with_ties() -> None:
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(3)
+    for size in (1, 2, 7, 100):
+        values = rng.integers(0, 4, size).astype(np.float64)  # many ties
+        np.testing.assert_array_equal(metrics._mid_ranks(values), rankdata(values))
+        values = rng.normal(size=size)
+        np.testing.assert_array_equal(metrics._mid_ranks(values), rankdata(values))
