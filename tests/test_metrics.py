@@ -124,3 +124,23 @@ def test_mid_ranks_equal_scipy_rankdata_with_ties() -> None:
         np.testing.assert_array_equal(metrics._mid_ranks(values), rankdata(values))
         values = rng.normal(size=size)
         np.testing.assert_array_equal(metrics._mid_ranks(values), rankdata(values))
+
+
+def test_nmi_and_ari_equal_sklearn() -> None:
+    rng = np.random.default_rng(5)
+    cases = [
+        (np.array([0, 0, 1, 1]), np.array([1, 1, 0, 0])),  # the same partition
+        (np.array([0, 0, 0]), np.array([2, 2, 2])),  # one class, one cluster
+        (np.array([0, 1, 2, 3]), np.array([0, 0, 0, 0])),  # one cluster
+        (np.array([0, 0, 1, 1]), np.array([0, 1, 2, 3])),  # every image its own cluster
+    ]
+    cases += [(rng.integers(0, 5, 60), rng.integers(0, 7, 60)) for _ in range(20)]
+    y = rng.integers(0, 4, 200)
+    cases.append((y, np.where(rng.random(200) < 0.8, y, rng.integers(0, 4, 200))))
+    for t, c in cases:
+        assert metrics.adjusted_rand_index(t, c) == pytest.approx(
+            sk.adjusted_rand_score(t, c), abs=1e-12
+        )
+        assert metrics.normalized_mutual_information(t, c) == pytest.approx(
+            sk.normalized_mutual_info_score(t, c), abs=1e-12
+        )

@@ -53,6 +53,17 @@ class Protocol:
         settings = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({settings})"
 
+    def reuses(self, y: ArrayLike) -> tuple[str, dict[str, Any]] | None:
+        """``(name, settings)`` of a protocol whose fit this one would repeat on labels
+        ``y`` — it then predicts exactly what :meth:`adopt` makes of that fitted model —
+        or None (the default). A sweep that has already fitted that protocol on the same
+        training images passes it to :meth:`adopt` instead of fitting again."""
+        return None
+
+    def adopt(self, fitted: Protocol, X: ArrayLike, y: ArrayLike) -> Protocol:
+        """This protocol fitted on ``(X, y)`` from ``fitted``, the model :meth:`reuses` named."""
+        raise NotImplementedError(f"{type(self).__name__} reuses no other protocol's fit")
+
     # -- checks ------------------------------------------------------------------------
 
     def _check_X(self, X: ArrayLike, *, fitting: bool = False) -> NDArray[np.float32]:

@@ -58,9 +58,47 @@ class Balanced(Protocol):
         self.tau = tau  # logit-adjustment strength τ ≥ 0 (0 = none)
         self.base_params = base_params  # settings of the wrapped protocol
 
+    def reuses(self, y: ArrayLike) -> tuple[str, dict[str, Any]] | None:
+        """The base with its settings when every class has as many images (a few-shot
+        episode): the weights are then all equal and the adjustment the same for every
+        class, so this protocol predicts what its base predicts."""
+        counts = np.unique(np.asarray(y), return_counts=True)[1]
+        if counts.size and counts.min() == counts.max():
+            return self.base, dict(self.base_params or {})
+        return None
+
+    def adopt(self, fitted: Protocol, X: ArrayLike, y: ArrayLike) -> Balanced:
+        self._check_settings()
+        _, labels, _ = self._check_Xy(X, y)
+        self._weigh(labels)
+        self.estimator_ = fitted
+        return self
+
+    def _weigh(self, labels: NDArray[np.int64]) -> NDArray[np.int64]:
+        """Class weights and the weighted prior of ``labels``; returns the class index of each."""
+        self.classes_, inverse = np.unique(labels, return_inverse=True)
+        counts = np.bincount(inverse)
+        self.class_weights_ = class_balanced_weights(counts, self.beta)
+        weighted = counts * self.class_weights_
+        self.weighted_prior_ = weighted / weighted.sum()
+        return inverse
+
     def fit(self, X: ArrayLike, y: ArrayLike | None = None) -> Balanced:
         if y is None:
             raise FeatkitError("balanced labels: expected training labels, got None")
+        self._check_settings()
+        features, labels, _ = self._check_Xy(X, y)
+        inverse = self._weigh(labels)
+        self.estimator_ = create_protocol(self.base, **(self.base_params or {}))
+        fit_settings: dict[str, Any] = {"sample_weight": self.class_weights_[inverse]}
+        if "selection_offsets" in inspect.signature(self.estimator_.fit).parameters:
+            # Choose the base's settings (logistic's C) for the adjusted predictions this
+            # protocol makes, not for the unadjusted logits it never predicts with.
+            fit_settings["selection_offsets"] = log_prior_offsets(self.weighted_prior_, self.tau)
+        self.estimator_.fit(features, labels, **fit_settings)  # type: ignore[call-arg]
+        return self
+
+    def _check_settings(self) -> None:
         if not 0.0 <= self.beta < 1.0:
             raise FeatkitError(f"balanced beta: expected a value in [0, 1), got {self.beta}")
         if not self.tau >= 0.0:
@@ -71,20 +109,6 @@ class Balanced(Protocol):
                 f"balanced base: expected a supervised protocol that takes sample weights "
                 f"(logistic, knn), got {self.base!r}"
             )
-        features, labels, _ = self._check_Xy(X, y)
-        self.classes_, inverse = np.unique(labels, return_inverse=True)
-        counts = np.bincount(inverse)
-        self.class_weights_ = class_balanced_weights(counts, self.beta)
-        weighted = counts * self.class_weights_
-        self.weighted_prior_ = weighted / weighted.sum()
-        self.estimator_ = create_protocol(self.base, **(self.base_params or {}))
-        fit_settings: dict[str, Any] = {"sample_weight": self.class_weights_[inverse]}
-        if "selection_offsets" in inspect.signature(self.estimator_.fit).parameters:
-            # Choose the base's settings (logistic's C) for the adjusted predictions this
-            # protocol makes, not for the unadjusted logits it never predicts with.
-            fit_settings["selection_offsets"] = log_prior_offsets(self.weighted_prior_, self.tau)
-        self.estimator_.fit(features, labels, **fit_settings)  # type: ignore[call-arg]
-        return self
 
     @property
     def fitted_params_(self) -> dict[str, Any]:
