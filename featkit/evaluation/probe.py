@@ -227,7 +227,7 @@ def evaluate_arrays(
                     model = label_free_protocol(spec, draw.episode, int(np.unique(y_test).size))
                     clusters = model.fit(X[draw.test]).predict(X[draw.test])
             if spec.supervised:
-                fits[_fit_key(spec.name, dict(spec.params))] = (model, cost.seconds + reused)
+                fits[f"{spec.name}|{job.base['params']}"] = (model, cost.seconds + reused)
             if not spec.supervised:
                 metrics = clustering_metrics(y_test, clusters)
                 predicted = match_clusters(y_test, clusters)
@@ -269,6 +269,7 @@ def evaluate_arrays(
 
 
 def _fit_key(name: str, settings: dict[str, Any]) -> str:
+    """The key a fit of ``name`` with ``settings`` is kept under: name and recorded params."""
     return f"{name}|{ProtocolSpec.of(name, **settings).params_string()}"
 
 
