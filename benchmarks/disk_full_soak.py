@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL = ["--model", "timm:vit_tiny_patch16_224", "--random-init", "--image-size", "32"]
 ARGS = ["--patches", "full", "--precision", "fp32", "--shard-size", "32", "--batch-size", "8"]
 RUN = (
-    "import sys, featkit.extraction.run as e\n"
+    "import sys, featkit.extraction.plan as e\n"
     "if sys.argv[1] == '--no-estimate':\n"
     "    e.require_free_space = lambda *a, **k: None\n"
     "    sys.argv.pop(1)\n"

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from featkit.store.integrity import disk_full, is_disk_full
+from featkit.diskspace import disk_full, is_disk_full
 
 # mkstemp creates files readable by their owner only; results and weights are shared.
 FILE_MODE = 0o644

@@ -13,10 +13,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from featkit import atomic
+from featkit import atomic, diskspace
 from featkit.cli import app
 from featkit.extraction.run import partial_dir
-from featkit.store import integrity
 from featkit.store.reader import open_store
 from featkit.store.writer import StoreWriter
 from tests.helpers import digits_folder
@@ -48,7 +47,7 @@ def _one_line(result: object, *words: str, code: int = 2) -> str:
 
 def _no_space(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(integrity.shutil, "disk_usage", lambda _: usage._replace(free=4096))
+    monkeypatch.setattr(diskspace.shutil, "disk_usage", lambda _: usage._replace(free=4096))
 
 
 def test_extract_on_a_full_disk_is_one_line_then_resumes(

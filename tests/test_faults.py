@@ -19,12 +19,12 @@ import pytest
 import torch
 
 import tests.test_extract as extraction_tests
+from featkit import diskspace
 from featkit.backbones import Backbone
 from featkit.data.images import discover
 from featkit.errors import DiskFullError, FeatkitError, StoreDamagedError
 from featkit.extraction import run as extract_mod
 from featkit.extraction.run import ExtractSettings, extract, partial_dir
-from featkit.store import integrity
 from featkit.store.reader import StoreWriter, import_features, open_store
 from tests.helpers import digits_folder
 
@@ -181,7 +181,7 @@ def test_too_little_space_is_refused_before_writing(
     data: Path, backbone: Backbone, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(integrity.shutil, "disk_usage", lambda _: usage._replace(free=1000))
+    monkeypatch.setattr(diskspace.shutil, "disk_usage", lambda _: usage._replace(free=1000))
     out = tmp_path / "s.h5"
     with pytest.raises(DiskFullError, match=r"needs about .* free; free space and rerun"):
         extract(discover(data), backbone, out, SETTINGS)
@@ -194,10 +194,10 @@ def test_too_little_space_is_refused_before_writing(
 
 
 def test_enospc_from_the_os_is_recognised() -> None:
-    assert integrity.is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
-    assert integrity.is_disk_full(OSError("Can't close file (errno = 28, No space left)"))
-    assert not integrity.is_disk_full(OSError(errno.EACCES, "Permission denied"))
-    assert not integrity.is_disk_full(ValueError("No space left on device"))
+    assert diskspace.is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert diskspace.is_disk_full(OSError("Can't close file (errno = 28, No space left)"))
+    assert not diskspace.is_disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not diskspace.is_disk_full(ValueError("No space left on device"))
 
 
 # -- damaged stores ---------------------------------------------------------------------

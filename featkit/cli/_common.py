@@ -29,9 +29,9 @@ from rich.progress import (
 from rich.progress import Progress as RichProgressBar
 
 from featkit.cli._console import PipeSafeConsole
+from featkit.diskspace import is_disk_full
 from featkit.errors import DiskFullError, FeatkitError
 from featkit.progress import SILENT, OnceFilter, Progress, ProgressTask
-from featkit.store.integrity import is_disk_full
 
 console = PipeSafeConsole(stderr=True)
 out = PipeSafeConsole()

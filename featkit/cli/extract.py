@@ -138,11 +138,11 @@ def extract_command(
         random_init_name,
     )
     from featkit.data.images import discover
+    from featkit.diskspace import human_bytes
     from featkit.errors import FeatkitError
     from featkit.extraction.distributed import context_from_env, process_group, rank_device
     from featkit.extraction.run import ExtractSettings, extract
     from featkit.progress import SILENT
-    from featkit.store.integrity import human_bytes
     from featkit.tune import adapter_fingerprint, load_tuned_backbone
     from featkit.workspace import store_path
 

@@ -53,8 +53,8 @@ def info_command(
     from rich.table import Table
 
     from featkit.cost import COST_ATTR, read_cost
+    from featkit.diskspace import human_bytes
     from featkit.errors import StoreDamagedError
-    from featkit.store.integrity import human_bytes
     from featkit.store.reader import open_store
 
     with open_store(store) as opened:

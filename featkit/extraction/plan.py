@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featkit.atomic import atomic_path
+from featkit.diskspace import require_free_space
 from featkit.errors import FeatkitError
 from featkit.store.fingerprint import BINDING_KEYS
-from featkit.store.integrity import require_free_space
 
 if TYPE_CHECKING:
     from featkit.data.images import Dataset

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from featkit.diskspace import require_free_space
 from featkit.errors import FeatkitError
-from featkit.store.integrity import require_free_space
 from featkit.store.writer import READ_BLOCK, SPLITS, STATUS_OK, TMP_SUFFIX, StoreWriter, atomic_hdf5
 
 

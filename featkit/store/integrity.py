@@ -1,4 +1,4 @@
-"""Checksums recorded at write time, verification before a file is trusted, full disks.
+"""Checksums recorded at write time, and verification before a file is trusted.
 
 Every HDF5 dataset featkit writes carries a ``sha256`` attribute computed from the
 in-memory values that were handed to h5py, never from a read-back: a read-back can be
@@ -14,15 +14,11 @@ so ``["ab", "c"]`` and ``["a", "bc"]`` differ. Both can be fed block by block.
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from featkit.errors import DiskFullError
 
 if TYPE_CHECKING:
     import h5py
@@ -30,7 +26,6 @@ if TYPE_CHECKING:
 CHECKSUM_ATTR = "sha256"
 # Rows hashed per read when verifying: a few MiB at a time whatever the file size.
 VERIFY_BYTES = 16 << 20
-_DISK_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
 
 
 class Hasher:
@@ -132,63 +127,3 @@ def verify_file(path: Path, *, require: bool = True) -> list[str]:
             return problems
     except (OSError, ValueError, KeyError) as err:
         return [f"the file cannot be opened ({' '.join(str(err).split())[:160]})"]
-
-
-# -- full disks --------------------------------------------------------------------
-def is_disk_full(error: BaseException) -> bool:
-    """True for the errors a full disk or an exhausted quota raises (also via HDF5)."""
-    # h5py raises OSError or RuntimeError for a failed HDF5 write, with errno in the text.
-    if not isinstance(error, (OSError, RuntimeError)):
-        return False
-    if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
-        return True
-    # h5py wraps the C error into a message and often drops errno.
-    text = str(error)
-    return "No space left on device" in text or "errno = 28" in text or "Disk quota" in text
-
-
-def human_bytes(num: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if num < 1024 or unit == "GiB":
-            return f"{num:.0f} {unit}" if unit == "B" else f"{num:.1f} {unit}"
-        num /= 1024
-    return f"{num:.1f} GiB"
-
-
-def free_bytes(folder: Path) -> int | None:
-    """Free bytes where ``folder`` (or its nearest existing parent) lives; None if unknown."""
-    folder = Path(folder)
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    try:
-        return int(shutil.disk_usage(folder).free)
-    except OSError:
-        return None
-
-
-def disk_full(path: Path, needed: int | None = None) -> DiskFullError:
-    """The one-line error for a write to ``path`` that ran out of space."""
-    free = free_bytes(Path(path).parent)
-    parts = [f"disk full: writing {path}"]
-    if free is not None:
-        parts.append(f"{human_bytes(free)} free in {Path(path).parent}")
-    if needed is not None:
-        parts.append(f"about {human_bytes(needed)} needed")
-    return DiskFullError(
-        "; ".join(parts) + "; free space and rerun the same command, it resumes where it stopped"
-    )
-
-
-def require_free_space(folder: Path, needed: int, what: str) -> None:
-    """Refuse to start ``what`` when ``folder`` has clearly less than ``needed`` bytes free.
-
-    Starting anyway would fail part-way, and HDF5 does not always survive a write that
-    runs out of space (it can crash the process), so the check comes first.
-    """
-    free = free_bytes(folder)
-    if free is not None and free < needed:
-        raise DiskFullError(
-            f"disk full: {what} needs about {human_bytes(needed)} in {folder}, "
-            f"{human_bytes(free)} free; free space and rerun the same command, "
-            "it resumes where it stopped"
-        )

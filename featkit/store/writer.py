@@ -18,16 +18,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from featkit.atomic import fsync_dir
+from featkit.diskspace import disk_full, free_bytes, is_disk_full
 from featkit.errors import StoreDamagedError
-from featkit.store.integrity import (
-    CHECKSUM_ATTR,
-    Hasher,
-    disk_full,
-    free_bytes,
-    is_disk_full,
-    verify_file,
-    write_checked,
-)
+from featkit.store.integrity import CHECKSUM_ATTR, Hasher, verify_file, write_checked
 
 if TYPE_CHECKING:
     import h5py
