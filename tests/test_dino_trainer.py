@@ -104,7 +104,11 @@ def test_training_steps_lower_the_loss_without_collapse(digits: Path) -> None:
 
 def test_pretrain_checkpoint_loads_through_create_backbone(digits: Path, tmp_path: Path) -> None:
     out = tmp_path / "tiny.safetensors"
+    torch.manual_seed(1234)
+    before = torch.random.get_rng_state()
     result = pretrain(digits, tiny_config(epochs=1), out)
+    # The run seeds itself on a forked generator: the caller's random state is untouched.
+    assert torch.equal(torch.random.get_rng_state(), before)
     assert result.epochs_done == 1 and len(result.history) == 1
     assert result.weights == out and state_path(out).is_file()
     with safe_open(str(out), framework="pt") as fh:

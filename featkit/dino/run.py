@@ -67,7 +67,17 @@ def pretrain(
 
     With ``resume=True`` an existing ``out.train.pt`` is continued (a finished run
     returns at once); without it an existing state is an error rather than overwritten.
+    The run seeds torch from ``config.seed`` on a forked generator: the caller's global
+    random state is the same afterwards.
     """
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        return _pretrain(data, config, Path(out), resume, progress)
+
+
+def _pretrain(
+    data: Path, config: PretrainConfig, out: Path, resume: bool, progress: Progress
+) -> PretrainResult:
     out = Path(out)
     if out.suffix != ".safetensors":
         raise FeatkitError(f"--out {out}: expected a .safetensors file name")
