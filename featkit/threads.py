@@ -1,7 +1,7 @@
 """How many threads the numeric libraries (BLAS, OpenMP, torch) get during a probe.
 
-One plan for the whole run, made from the cores this process may use and the load
-other processes put on them. ``plan_threads`` is a pure function of those numbers;
+One plan for the whole run, made from the cores this process may use and the work
+other processes keep them busy with. ``plan_threads`` is a pure function of those numbers;
 ``planned_threads`` and ``limit_threads`` are the thin applier that reads them (the
 only place featkit looks at the machine's state) and sets the limits.
 
@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Iterator, MutableMapping
+import time
+from collections.abc import Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 
 
@@ -51,12 +52,38 @@ def _usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def planned_threads() -> int:
-    """The plan for this machine now: reads the usable cores and the 1-minute load.
+def busy_cores(before: Sequence[int], after: Sequence[int], cpus: int) -> float:
+    """Cores kept busy between two ``/proc/stat`` ``cpu`` lines (jiffies per state:
+    user, nice, system, idle, iowait, ...) on a machine of ``cpus`` cores."""
+    delta = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(delta)
+    if total <= 0:
+        return 0.0
+    idle = delta[3] + (delta[4] if len(delta) > 4 else 0)
+    return cpus * (total - idle) / total
 
-    The load average counts this process too once it computes, so the plan is made
-    once, at the start of a run, and kept for all of it.
+
+def _cpu_line() -> list[int] | None:
+    try:
+        with open("/proc/stat") as stat:
+            return [int(field) for field in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def planned_threads(window: float = 0.2) -> int:
+    """The plan for this machine now: the usable cores and what other processes keep busy.
+
+    Measured over ``window`` seconds from ``/proc/stat`` (this process is idle meanwhile,
+    so only other work counts); elsewhere from the 1-minute load average, which also
+    counts this process's own recent work. Made once, at the start of a run.
     """
+    before = _cpu_line()
+    if before is not None:
+        time.sleep(window)
+        after = _cpu_line()
+        if after is not None and len(after) == len(before):
+            return plan_threads(_usable_cpus(), busy_cores(before, after, os.cpu_count() or 1))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     return plan_threads(_usable_cpus(), load)
 

@@ -60,3 +60,15 @@ def test_limit_applies_inside_and_restores_after() -> None:
 def test_planned_threads_stay_within_the_usable_cores() -> None:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert 1 <= planned_threads() <= (usable or 1)
+
+
+def test_busy_cores_from_two_proc_stat_lines() -> None:
+    from featkit.threads import busy_cores
+
+    # user nice system idle iowait irq softirq steal: 100 jiffies, 25 of them busy, 2 cores.
+    before = [1000, 0, 500, 8000, 100, 0, 0, 0]
+    after = [1020, 0, 505, 8070, 105, 0, 0, 0]
+    assert busy_cores(before, after, 2) == pytest.approx(0.5)
+    assert busy_cores(before, before, 2) == 0.0  # no time passed: nothing measured
+    # One core of two busy all the time, the other idle: one core is free.
+    assert plan_threads(2, busy_cores([0, 0, 0, 0, 0], [100, 0, 0, 100, 0], 2)) == 1

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from featkit.evaluation.shots import Shots, parse_shots
 from featkit.evaluation.specs import (  # noqa: F401
     ProtocolSpec,
     default_specs,
+    fit_or_reuse,
     label_free_protocol,
     protocol_grid,
 )
@@ -220,7 +221,7 @@ def evaluate_arrays(
             reused = 0.0
             with measure() as cost:  # fit + predict only: the price of this route
                 if spec.supervised:
-                    model, reused = _fitted(spec, X[draw.train], y[draw.train], fits)
+                    model, reused = fit_or_reuse(spec, X[draw.train], y[draw.train], fits)
                     predicted = model.predict(X[draw.test])
                     scores, score_classes = _scores(model, X[draw.test]), model.classes_.tolist()
                 else:
@@ -268,24 +269,6 @@ def evaluate_arrays(
     )
 
 
-def _fit_key(name: str, settings: dict[str, Any]) -> str:
-    """The key a fit of ``name`` with ``settings`` is kept under: name and recorded params."""
-    return f"{name}|{ProtocolSpec.of(name, **settings).params_string()}"
-
-
-def _fitted(
-    spec: ProtocolSpec, X: np.ndarray, y: np.ndarray, fits: dict[str, tuple[Protocol, float]]
-) -> tuple[Protocol, float]:
-    """``spec`` fitted on ``(X, y)``, from a fit of this draw it would repeat when there is
-    one; with the seconds that reused fit cost (0 when it fitted itself)."""
-    model = spec.create()
-    same = model.reuses(y)
-    found = fits.get(_fit_key(*same)) if same is not None else None
-    if found is None:
-        return model.fit(X, y), 0.0
-    return model.adopt(found[0], X, y), found[1]
-
-
 def load_store(path: Path, features: Sequence[str]) -> EvalData:
     """The arrays of a store's ok rows for ``features`` (failed rows are left out)."""
     from featkit.store.reader import open_store
@@ -307,10 +290,18 @@ def load_store(path: Path, features: Sequence[str]) -> EvalData:
 
 
 def probe_store(
-    path: Path, settings: ProbeSettings | None = None, progress: Progress = SILENT
+    path: Path,
+    settings: ProbeSettings | None = None,
+    progress: Progress = SILENT,
+    threads: int | None = None,
 ) -> ProbeResults:
+    """One store's rows; ``threads`` limits its numeric libraries (None: as they are)."""
     settings = settings or ProbeSettings()
-    return evaluate_arrays(load_store(Path(path), settings.features), settings, progress)
+    data = load_store(Path(path), settings.features)
+    if threads is None:
+        return evaluate_arrays(data, settings, progress)
+    with limit_threads(threads):
+        return evaluate_arrays(data, settings, progress)
 
 
 def _known(data: EvalData, settings: ProbeSettings, existing: ProbeResults) -> ProbeResults | None:
@@ -339,8 +330,12 @@ def probe(
     *,
     force: bool = False,
     allow_different_images: bool = False,
+    workers: int | None = None,
 ) -> ProbeResults:
     """Evaluate every store; with ``workspace``, merge the rows into its results CSVs.
+
+    Stores are evaluated side by side in ``workers`` processes (default: the cores left
+    free by other work, at most one per store; 1 evaluates them one after the other).
 
     Each store is validated (labels, finite features, classes, shots) before any is
     evaluated, so a bad store fails in seconds rather than after the others' sweeps.
@@ -366,16 +361,38 @@ def probe(
         existing = ProbeResults(
             read_results(workspace), read_per_class(workspace), read_confusion(workspace)
         )
-    parts = []
-    for path in stores:
-        data = load_store(Path(path), settings.features)
-        known = _known(data, settings, existing)
-        if known is not None:
-            parts.append(known)
-            continue
-        with limit_threads(threads):
-            result = evaluate_arrays(data, settings, progress)
-        if workspace is not None:
-            write_results(workspace, result.results, result.per_class, result.confusion)
-        parts.append(result)
-    return ProbeResults.concat(parts)
+    parts: dict[int, ProbeResults] = {}
+    pending: list[tuple[int, Path]] = []
+    for index, path in enumerate(stores):
+        known = _known(load_store(Path(path), settings.features), settings, existing)
+        if known is None:
+            pending.append((index, Path(path)))
+        else:
+            parts[index] = known
+    workers = min(threads if workers is None else workers, len(pending))
+    unwritten = [index for index, _ in pending]  # written in store order, whatever finishes first
+    for index, result in _evaluated(pending, settings, workers, threads, progress):
+        parts[index] = result
+        while unwritten and unwritten[0] in parts:
+            done = parts[unwritten.pop(0)]
+            if workspace is not None:
+                write_results(workspace, done.results, done.per_class, done.confusion)
+    return ProbeResults.concat(parts[index] for index in sorted(parts))
+
+
+def _evaluated(
+    stores: list[tuple[int, Path]],
+    settings: ProbeSettings,
+    workers: int,
+    threads: int,
+    progress: Progress,
+) -> Iterator[tuple[int, ProbeResults]]:
+    """Each store's rows: one after the other with ``threads`` BLAS threads, or, with
+    several free cores and stores, in ``workers`` processes side by side."""
+    if workers > 1:
+        from featkit.evaluation.parallel import in_parallel
+
+        yield from in_parallel(probe_store, stores, settings, workers, progress)
+        return
+    for index, path in stores:
+        yield index, probe_store(path, settings, progress, threads)

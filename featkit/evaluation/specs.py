@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from numpy.typing import NDArray
+
 from featkit.protocols import Protocol, create_protocol, get_protocol_class, ordered_protocols
 from featkit.results.io import canonical_params
 
@@ -74,3 +76,21 @@ def label_free_protocol(spec: ProtocolSpec, episode: int, n_classes: int) -> Pro
     if cls.n_classes_param and settings.get(cls.n_classes_param) is None:
         settings[cls.n_classes_param] = n_classes
     return create_protocol(spec.name, **settings)
+
+
+def fit_key(name: str, settings: dict[str, Any]) -> str:
+    """The key a fit of ``name`` with ``settings`` is kept under: name and recorded params."""
+    return f"{name}|{ProtocolSpec.of(name, **settings).params_string()}"
+
+
+def fit_or_reuse(
+    spec: ProtocolSpec, X: NDArray[Any], y: NDArray[Any], fits: dict[str, tuple[Protocol, float]]
+) -> tuple[Protocol, float]:
+    """``spec`` fitted on ``(X, y)``, from a fit of this draw it would repeat when there is
+    one; with the seconds that reused fit cost (0 when it fitted itself)."""
+    model = spec.create()
+    same = model.reuses(y)
+    found = fits.get(fit_key(*same)) if same is not None else None
+    if found is None:
+        return model.fit(X, y), 0.0
+    return model.adopt(found[0], X, y), found[1]
