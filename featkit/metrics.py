@@ -34,7 +34,9 @@ def _labels(y: ArrayLike, name: str) -> NDArray[np.int64]:
     return array.astype(np.int64, copy=False)
 
 
-def _pair(y_true: ArrayLike, y_pred: ArrayLike) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+def paired_labels(
+    y_true: ArrayLike, y_pred: ArrayLike
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     t, p = _labels(y_true, "y_true"), _labels(y_pred, "y_pred")
     if t.shape != p.shape:
         raise FeatkitError(f"y_pred: expected {t.shape[0]} labels like y_true, got {p.shape[0]}")
@@ -60,7 +62,7 @@ def confusion_counts(
 
     ``labels`` defaults to the sorted union of both arrays; pairs outside it are ignored.
     """
-    t, p = _pair(y_true, y_pred)
+    t, p = paired_labels(y_true, y_pred)
     order = np.unique(np.concatenate([t, p])) if labels is None else np.asarray(labels, np.int64)
     ti, pi = _positions(order, t), _positions(order, p)
     keep = (ti >= 0) & (pi >= 0)
@@ -70,7 +72,7 @@ def confusion_counts(
 
 
 def accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> float:
-    t, p = _pair(y_true, y_pred)
+    t, p = paired_labels(y_true, y_pred)
     return float(np.mean(t == p))
 
 
@@ -78,7 +80,7 @@ def per_class_recall(
     y_true: ArrayLike, y_pred: ArrayLike, labels: Sequence[int]
 ) -> NDArray[np.float64]:
     """Recall per class of ``labels``, ``[L]``; NaN for a class with no test images."""
-    t, p = _pair(y_true, y_pred)
+    t, p = paired_labels(y_true, y_pred)
     recalls = np.full(len(labels), np.nan)
     for i, label in enumerate(labels):
         mask = t == label
@@ -88,12 +90,12 @@ def per_class_recall(
 
 
 def balanced_accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> float:
-    t, p = _pair(y_true, y_pred)
+    t, p = paired_labels(y_true, y_pred)
     return float(np.mean(per_class_recall(t, p, np.unique(t).tolist())))
 
 
 def macro_f1(y_true: ArrayLike, y_pred: ArrayLike) -> float:
-    t, p = _pair(y_true, y_pred)
+    t, p = paired_labels(y_true, y_pred)
     cm = confusion_counts(t, p)
     tp = np.diag(cm).astype(np.float64)
     denom = cm.sum(axis=0) + cm.sum(axis=1)  # = 2·TP + FP + FN
@@ -156,87 +158,6 @@ def classification_metrics(
         auroc = macro_auroc(y_true, scores, classes)
         if auroc is not None:
             result["macro_auroc"] = auroc
-    return result
-
-
-def match_clusters(y_true: ArrayLike, clusters: ArrayLike) -> NDArray[np.int64]:
-    """Relabel cluster ids with the classes of a one-to-one (Hungarian) matching, ``[N]``.
-
-    The matching maximises the number of agreeing images. Clusters left unmatched (more
-    clusters than classes) get label ``-1`` and count as errors.
-    """
-    from scipy.optimize import linear_sum_assignment
-
-    t, c = _pair(y_true, clusters)
-    classes, cluster_ids = np.unique(t), np.unique(c)
-    table = confusion_counts(c, t, labels=np.union1d(cluster_ids, classes).tolist())
-    order = np.union1d(cluster_ids, classes)
-    rows = np.searchsorted(order, cluster_ids)
-    cols = np.searchsorted(order, classes)
-    sub = table[np.ix_(rows, cols)]
-    r, k = linear_sum_assignment(sub, maximize=True)
-    mapping = {int(cluster_ids[i]): int(classes[j]) for i, j in zip(r, k, strict=True)}
-    return np.array([mapping.get(int(v), -1) for v in c], dtype=np.int64)
-
-
-def _contingency(t: NDArray[np.int64], c: NDArray[np.int64]) -> NDArray[np.float64]:
-    """Counts of (class, cluster) pairs, ``[classes, clusters]``."""
-    _, t_idx = np.unique(t, return_inverse=True)
-    _, c_idx = np.unique(c, return_inverse=True)
-    table = np.zeros((t_idx.max() + 1, c_idx.max() + 1))
-    np.add.at(table, (t_idx, c_idx), 1.0)
-    return table
-
-
-def adjusted_rand_index(y_true: ArrayLike, clusters: ArrayLike) -> float:
-    """Hubert and Arabie's ARI from the pair counts (1 for identical partitions)."""
-    table = _contingency(*_pair(y_true, clusters))
-    n = table.sum()
-    squares = float((table**2).sum())
-    # Pairs of images: together in both partitions, in the clusters only, in the classes only.
-    both = squares - n
-    clusters_only = float(table.sum(axis=0) @ table.sum(axis=0)) - squares
-    classes_only = float(table.sum(axis=1) @ table.sum(axis=1)) - squares
-    neither = n * n - clusters_only - classes_only - squares
-    if clusters_only == 0 and classes_only == 0:
-        return 1.0
-    return float(
-        2.0
-        * (both * neither - classes_only * clusters_only)
-        / (
-            (both + classes_only) * (classes_only + neither)
-            + (both + clusters_only) * (clusters_only + neither)
-        )
-    )
-
-
-def _entropy(counts: NDArray[np.float64]) -> float:
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log(p)).sum())
-
-
-def normalized_mutual_information(y_true: ArrayLike, clusters: ArrayLike) -> float:
-    """Mutual information over the arithmetic mean of the two entropies (sklearn's default)."""
-    table = _contingency(*_pair(y_true, clusters))
-    if table.shape[0] == table.shape[1] == 1:
-        return 1.0  # one class, one cluster: the same partition
-    n = table.sum()
-    rows, cols = table.sum(axis=1, keepdims=True), table.sum(axis=0, keepdims=True)
-    nz = table > 0
-    mi = float((table[nz] / n * np.log(table[nz] * n / (rows @ cols)[nz])).sum())
-    if mi <= 0.0:
-        return 0.0
-    mean_entropy = (_entropy(rows.ravel()) + _entropy(cols.ravel())) / 2.0
-    return mi / max(mean_entropy, float(np.finfo(np.float64).eps))
-
-
-def clustering_metrics(y_true: ArrayLike, clusters: ArrayLike) -> dict[str, float]:
-    """Hungarian-matched ``accuracy``/``balanced_accuracy``/``macro_f1``, plus ``nmi``, ``ari``."""
-    t, c = _pair(y_true, clusters)
-    matched = match_clusters(t, c)
-    result = classification_metrics(t, matched)
-    result["nmi"] = normalized_mutual_information(t, c)
-    result["ari"] = adjusted_rand_index(t, c)
     return result
 
 
@@ -307,7 +228,7 @@ def bootstrap_metrics(
     on the images only through these counts) at ``O(n_boot · non-zero cells)`` instead of
     ``O(n_boot · N)``: 1000 draws over 10,000 images cost milliseconds, not seconds.
     """
-    t, p = _pair(y_true, y_pred)
+    t, p = paired_labels(y_true, y_pred)
     rng = np.random.default_rng(seed)
     classes, sizes = np.unique(t, return_counts=True)
     labels = np.union1d(classes, np.unique(p))

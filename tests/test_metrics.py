@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from featkit import metrics
+from featkit import clustering, metrics
 from featkit.errors import FeatkitError
 
 
@@ -84,15 +84,15 @@ def test_macro_auroc_is_undefined_when_a_class_is_missing() -> None:
 def test_clustering_metrics_use_a_hungarian_match() -> None:
     y = np.array([0, 0, 0, 1, 1, 2, 2, 2])
     clusters = np.array([5, 5, 3, 3, 3, 7, 7, 7])  # ids are arbitrary
-    result = metrics.clustering_metrics(y, clusters)
+    result = clustering.clustering_metrics(y, clusters)
     # best one-to-one match: 5→0, 3→1, 7→2 gives 7 of 8 right
     assert result["accuracy"] == pytest.approx(7 / 8)
     assert result["nmi"] == pytest.approx(sk.normalized_mutual_info_score(y, clusters))
     assert result["ari"] == pytest.approx(sk.adjusted_rand_score(y, clusters))
-    perm = metrics.clustering_metrics(y, (y + 1) % 3)
+    perm = clustering.clustering_metrics(y, (y + 1) % 3)
     assert perm["accuracy"] == perm["balanced_accuracy"] == perm["nmi"] == 1.0
     # more clusters than classes: the unmatched cluster counts as wrong
-    assert metrics.match_clusters([0, 0, 1, 1], [0, 2, 1, 1]).tolist() == [0, -1, 1, 1]
+    assert clustering.match_clusters([0, 0, 1, 1], [0, 2, 1, 1]).tolist() == [0, -1, 1, 1]
 
 
 def test_summary_uses_a_student_t_interval() -> None:
@@ -138,9 +138,9 @@ def test_nmi_and_ari_equal_sklearn() -> None:
     y = rng.integers(0, 4, 200)
     cases.append((y, np.where(rng.random(200) < 0.8, y, rng.integers(0, 4, 200))))
     for t, c in cases:
-        assert metrics.adjusted_rand_index(t, c) == pytest.approx(
+        assert clustering.adjusted_rand_index(t, c) == pytest.approx(
             sk.adjusted_rand_score(t, c), abs=1e-12
         )
-        assert metrics.normalized_mutual_information(t, c) == pytest.approx(
+        assert clustering.normalized_mutual_information(t, c) == pytest.approx(
             sk.normalized_mutual_info_score(t, c), abs=1e-12
         )

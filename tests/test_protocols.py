@@ -8,8 +8,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import normalized_mutual_info_score
 from threadpoolctl import threadpool_limits
 
+from featkit.clustering import clustering_metrics
 from featkit.errors import FeatkitError
-from featkit.metrics import balanced_accuracy, clustering_metrics
+from featkit.metrics import balanced_accuracy
 from featkit.protocols import create_protocol, imbalance
 from featkit_protocols.logistic import c_grid, selection_folds
 

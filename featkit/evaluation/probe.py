@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from featkit.clustering import clustering_metrics, match_clusters
 from featkit.cost import measure
 from featkit.errors import FeatkitError
 from featkit.evaluation.checks import check_data, check_same_images, warn_small_test_classes
@@ -39,7 +40,7 @@ from featkit.evaluation.specs import (  # noqa: F401
     protocol_grid,
 )
 from featkit.evaluation.splits import DEFAULT_EPISODES, DEFAULT_TEST_FRACTION, Episode, Sweep
-from featkit.metrics import DEFAULT_BOOTSTRAP, clustering_metrics, match_clusters
+from featkit.metrics import DEFAULT_BOOTSTRAP
 from featkit.progress import SILENT, Progress
 from featkit.protocols import Protocol
 from featkit.results.io import (

@@ -138,7 +138,7 @@ def check_fit_predict(s: Subject) -> None:
 
 def check_learns_blobs(s: Subject) -> None:
     """Separable blobs are learnt (clusters: after matching them to the classes)."""
-    from featkit.metrics import clustering_metrics
+    from featkit.clustering import clustering_metrics
 
     predicted = s.fit().predict(s.X_test)
     if s.cls.supervised:
