@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing as mp
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -390,7 +391,7 @@ def _evaluated(
 ) -> Iterator[tuple[int, ProbeResults]]:
     """Each store's rows: one after the other with ``threads`` BLAS threads, or, with
     several free cores and stores, in ``workers`` processes side by side."""
-    if workers > 1:
+    if workers > 1 and "fork" in mp.get_all_start_methods():  # workers are forked
         from featkit.evaluation.parallel import in_parallel
 
         yield from in_parallel(probe_store, stores, settings, workers, progress)
