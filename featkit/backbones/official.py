@@ -3,7 +3,7 @@
 The released DINO v1 and DINOv2 models store learned position embeddings for one grid
 (14x14 for the /16 models at 224 px, 28x28 for /8, 37x37 for DINOv2 at 518 px) and
 resample them to the input's grid *at every forward* with bicubic interpolation. The two
-families differ in details that change features measurably (issue 12: cosine 0.989 at
+families differ in details that change features measurably (cosine 0.989 at
 112 px for dinov2_vits14 when resampled the timm way):
 
 - DINO v1 and DINOv2 without registers ask ``F.interpolate`` for a *scale factor* of

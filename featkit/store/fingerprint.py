@@ -76,7 +76,7 @@ def make_fingerprint(backbone: Backbone, *, precision: str, patches: str) -> dic
         "timm": timm.__version__,
     }
     rule = getattr(backbone, "pos_embed_rule", "none")
-    if rule != "none":  # how position embeddings reached the input size (issue 12)
+    if rule != "none":  # how position embeddings reached the input size
         fingerprint["pos_embed"] = rule
     return fingerprint
 
