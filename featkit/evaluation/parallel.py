@@ -84,6 +84,11 @@ def _relay(
             tasks[key].advance(message[2], **message[3])
 
 
+def can_fork() -> bool:
+    """Whether worker processes can be forked here (Linux; not Windows)."""
+    return "fork" in mp.get_all_start_methods()
+
+
 def in_parallel(
     work: StoreWork,
     stores: Sequence[tuple[int, Path]],

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing as mp
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from featkit.evaluation.shots import Shots, parse_shots
 from featkit.evaluation.specs import (  # noqa: F401
     ProtocolSpec,
     default_specs,
+    fit_key,
     fit_or_reuse,
     label_free_protocol,
     protocol_grid,
@@ -230,7 +231,7 @@ def evaluate_arrays(
                     model = label_free_protocol(spec, draw.episode, int(np.unique(y_test).size))
                     clusters = model.fit(X[draw.test]).predict(X[draw.test])
             if spec.supervised:
-                fits[f"{spec.name}|{job.base['params']}"] = (model, cost.seconds + reused)
+                fits[fit_key(spec.name, job.base["params"])] = (model, cost.seconds + reused)
             if not spec.supervised:
                 metrics = clustering_metrics(y_test, clusters)
                 predicted = match_clusters(y_test, clusters)
@@ -299,11 +300,8 @@ def probe_store(
 ) -> ProbeResults:
     """One store's rows; ``threads`` limits its numeric libraries (None: as they are)."""
     settings = settings or ProbeSettings()
-    data = load_store(Path(path), settings.features)
-    if threads is None:
-        return evaluate_arrays(data, settings, progress)
-    with limit_threads(threads):
-        return evaluate_arrays(data, settings, progress)
+    with limit_threads(threads) if threads is not None else nullcontext():
+        return evaluate_arrays(load_store(Path(path), settings.features), settings, progress)
 
 
 def _known(data: EvalData, settings: ProbeSettings, existing: ProbeResults) -> ProbeResults | None:
@@ -357,7 +355,6 @@ def probe(
         _episodes(item, settings, with_zero=False, warn=False)  # warnings come once, below
         check_same_images(item, Path(path), images, allow_different_images)
         del item
-    threads = planned_threads()  # once, before this run's own load shows in the average
     existing = ProbeResults()
     if workspace is not None and not force:
         existing = ProbeResults(
@@ -366,11 +363,13 @@ def probe(
     parts: dict[int, ProbeResults] = {}
     pending: list[tuple[int, Path]] = []
     for index, path in enumerate(stores):
-        known = _known(load_store(Path(path), settings.features), settings, existing)
+        # The run ids need the rows (paths, labels, splits), not the feature arrays.
+        known = _known(load_store(Path(path), ()), settings, existing)
         if known is None:
             pending.append((index, Path(path)))
         else:
             parts[index] = known
+    threads = planned_threads() if pending else 1  # measured only when there is work
     workers = min(threads if workers is None else workers, len(pending))
     unwritten = [index for index, _ in pending]  # written in store order, whatever finishes first
     for index, result in _evaluated(pending, settings, workers, threads, progress):
@@ -391,10 +390,11 @@ def _evaluated(
 ) -> Iterator[tuple[int, ProbeResults]]:
     """Each store's rows: one after the other with ``threads`` BLAS threads, or, with
     several free cores and stores, in ``workers`` processes side by side."""
-    if workers > 1 and "fork" in mp.get_all_start_methods():  # workers are forked
-        from featkit.evaluation.parallel import in_parallel
+    if workers > 1:
+        from featkit.evaluation.parallel import can_fork, in_parallel
 
-        yield from in_parallel(probe_store, stores, settings, workers, progress)
-        return
+        if can_fork():
+            yield from in_parallel(probe_store, stores, settings, workers, progress)
+            return
     for index, path in stores:
         yield index, probe_store(path, settings, progress, threads)

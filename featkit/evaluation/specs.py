@@ -78,9 +78,9 @@ def label_free_protocol(spec: ProtocolSpec, episode: int, n_classes: int) -> Pro
     return create_protocol(spec.name, **settings)
 
 
-def fit_key(name: str, settings: dict[str, Any]) -> str:
-    """The key a fit of ``name`` with ``settings`` is kept under: name and recorded params."""
-    return f"{name}|{ProtocolSpec.of(name, **settings).params_string()}"
+def fit_key(name: str, params: str) -> str:
+    """The key a fit is kept under in a draw: the protocol and its recorded ``params``."""
+    return f"{name}|{params}"
 
 
 def fit_or_reuse(
@@ -90,7 +90,10 @@ def fit_or_reuse(
     one; with the seconds that reused fit cost (0 when it fitted itself)."""
     model = spec.create()
     same = model.reuses(y)
-    found = fits.get(fit_key(*same)) if same is not None else None
+    found = None
+    if same is not None:
+        name, settings = same
+        found = fits.get(fit_key(name, ProtocolSpec.of(name, **settings).params_string()))
     if found is None:
         return model.fit(X, y), 0.0
     return model.adopt(found[0], X, y), found[1]
