@@ -8,7 +8,11 @@ export HF_HUB_OFFLINE ?= 1
 
 $(BIN)/featkit-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	# The CUDA build of torch is large: pip unpacks it beside the environment rather
+	# than in a /tmp that may be a small tmpfs, and keeps no second copy in its cache.
+	mkdir -p $(VENV)/pip-tmp
+	TMPDIR=$(abspath $(VENV))/pip-tmp $(BIN)/python -m pip install -q --no-cache-dir -e '.[dev]'
+	rm -rf $(VENV)/pip-tmp
 	touch $@
 
 lint: $(BIN)/featkit-installed

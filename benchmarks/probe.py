@@ -21,6 +21,7 @@ Usage::
     python benchmarks/probe.py --n 3000 --dim 256   # a quicker look
     python benchmarks/probe.py --quick              # width sweep, 100 and 1,000 rows
     python benchmarks/probe.py --widths --sklearn-budget 1800   # 100 → 100k rows (hours)
+    python benchmarks/probe.py --widths --rows 10000            # one row count
 
 Numbers depend on the machine and its load; record the CPU with them.
 """
@@ -335,6 +336,9 @@ def main() -> None:
         "--quick", action="store_true", help="width sweep up to 1,000 training rows only"
     )
     parser.add_argument(
+        "--rows", help="width sweep: training rows to try, comma-separated (e.g. 10000)"
+    )
+    parser.add_argument(
         "--sklearn-budget",
         type=float,
         default=600.0,
@@ -351,6 +355,8 @@ def main() -> None:
 def run(args: argparse.Namespace) -> None:
     if args.widths or args.quick:
         rows = [100, 1000] if args.quick else [100, 1000, 10_000, 100_000]
+        if args.rows:
+            rows = [int(value) for value in args.rows.split(",")]
         budget = min(args.sklearn_budget, 120.0) if args.quick else args.sklearn_budget
         widths = [64, 384, 768, 1024, 3072]
         table = width_sweep(widths, rows, args.sklearn_every, args.max_iter, 10, budget)

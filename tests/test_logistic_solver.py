@@ -72,7 +72,7 @@ def test_batched_fold_solution_predicts_as_sklearn() -> None:
     c = 0.5
     lam = 1.0 / (c * np.array([w[m].sum() for m in fit_masks]))
     theta = minimize(problem, lam, problem.prior_start(), max_iter=1000, tol=1e-7)
-    scores = problem.scores(theta, np.broadcast_to(X.astype(problem.Z.dtype), (4, *X.shape)))
+    scores = problem.logits(theta, X.astype(problem.Z.dtype)).transpose(0, 2, 1)  # [F, n, K]
     for f in (0, 3):
         mask = fit_masks[f]
         ref = LogisticRegression(C=c, tol=1e-7, max_iter=1000)

@@ -45,17 +45,21 @@ FTOL = 64 * np.finfo(float).eps  # relative decrease that ends a fold (scipy's s
 
 @dataclass
 class Problem:
-    """``F`` training sets solved as one: ``Z [F, m, r]``, targets ``[F, m, K]``.
+    """``F`` training sets over the same rows solved as one: ``Z [n, r]``, weights ``[F, n]``.
 
-    The folds of a cross-validation have (nearly) the same size; they are padded to
-    ``m`` rows with weight 0. Parameters are ``θ [F, (r + 1)·K]``: ``W [r, K]`` then the
-    intercept ``b [K]`` of each fold.
+    The folds of a cross-validation share their rows: a row's weight is 0 in the folds
+    that hold it out. Parameters are ``θ [F, K·(r + 1)]``: ``W [K, r]`` then the
+    intercept ``b [K]`` of each fold. All folds' logits come from one product
+    ``[W₁ … W_F]·Zᵀ`` and all gradients from one ``[R₁ … R_F]·Z``: ``F·K`` rows use
+    the matrix-product kernels several times better than ``F`` products of ``K``
+    columns over each fold's copy of the rows (2-3x for 1,000 × 768, 5 folds, 10
+    classes). Logits are laid out ``[F, K, n]`` so that the softmax reduces over
+    whole contiguous rows of ``n`` values, not over runs of ``K``.
     """
 
     Z: NDArray[np.floating]
-    weights: NDArray[np.float64]  # [F, m], each fold normalised to sum 1 (0 = padding)
-    targets: NDArray[np.float64]  # [F, m, K]: one-hot labels times the row's weight
-    labels: NDArray[np.int64]  # [F, m]
+    weights: NDArray[np.float64]  # [F, n], each fold normalised to sum 1 (0 = not in it)
+    targets: NDArray[np.float64]  # [F, K, n]: one-hot labels times the row's weight
     n_classes: int
 
     @classmethod
@@ -67,25 +71,20 @@ class Problem:
         fit_masks: list[NDArray[np.bool_]],
         n_classes: int,
     ) -> Problem:
-        rows = [np.flatnonzero(mask) for mask in fit_masks]
-        m = max(r.size for r in rows)
+        used = np.logical_or.reduce(fit_masks)  # rows no fold trains on cost nothing
         F, r = len(fit_masks), Z.shape[1]
-        dtype = np.float32 if F * m * r >= FLOAT32_FROM else np.float64
-        Zb = np.zeros((F, m, r), dtype)
-        yb = np.zeros((F, m), np.int64)
-        wb = np.zeros((F, m), np.float64)
-        for f, fold in enumerate(rows):
-            Zb[f, : fold.size], yb[f, : fold.size] = Z[fold], y[fold]
-            wb[f, : fold.size] = w[fold] / w[fold].sum()
-        targets = np.zeros((F, m, n_classes))
-        np.put_along_axis(targets, yb[..., None], wb[..., None], axis=2)
-        return cls(Zb, wb, targets, yb, n_classes)
+        dtype = np.float32 if used.sum() * r * F >= FLOAT32_FROM else np.float64
+        rows = Z if used.all() else Z[used]
+        weights = np.stack([np.where(mask, w, 0.0)[used] for mask in fit_masks])
+        weights /= weights.sum(axis=1, keepdims=True)
+        targets = np.zeros((F, n_classes, len(rows)))
+        targets[:, y[used], np.arange(len(rows))] = weights
+        return cls(np.asarray(rows, dtype=dtype), weights, targets, n_classes)
 
     @property
     def shape(self) -> tuple[int, int]:
-        """``(F, (r + 1)·K)``: folds and parameters per fold."""
-        F, _, r = self.Z.shape
-        return F, (r + 1) * self.n_classes
+        """``(F, K·(r + 1))``: folds and parameters per fold."""
+        return len(self.weights), (self.Z.shape[1] + 1) * self.n_classes
 
     def prior_start(self) -> NDArray[np.float64]:
         """``W = 0`` and each fold's intercept at its optimum for ``W = 0`` (log prior).
@@ -94,48 +93,57 @@ class Problem:
         the intercept alone took ~100 iterations against a penalty 1e3-1e6 times stiffer.
         """
         F, p = self.shape
-        log_prior = np.log(np.maximum(self.targets.sum(axis=1), 1e-12))  # [F, K]
+        log_prior = np.log(np.maximum(self.targets.sum(axis=2), 1e-12))  # [F, K]
         theta = np.zeros((F, p))
         theta[:, -self.n_classes :] = log_prior - log_prior.mean(axis=1, keepdims=True)
         return theta
 
     def split(self, theta: NDArray[np.float64]) -> tuple[NDArray, NDArray]:
-        """``W [F, r, K]``, ``b [F, 1, K]`` views of ``θ [F, p]``."""
-        F, _, r = self.Z.shape
-        both = theta.reshape(F, r + 1, self.n_classes)
-        return both[:, :r], both[:, r:]
+        """``W [F, K, r]``, ``b [F, K]`` views of ``θ [F, p]``."""
+        F, K = theta.shape[0], self.n_classes
+        return theta[:, :-K].reshape(F, K, -1), theta[:, -K:]
+
+    def logits(self, theta: NDArray[np.float64], Z: NDArray[np.floating]) -> NDArray[np.float64]:
+        """Logits ``[F, K, n]`` of rows ``Z [n, r]`` under every fold's model."""
+        W, b = self.split(theta)
+        F, K, r = W.shape
+        stacked = W.reshape(F * K, r).astype(Z.dtype, copy=False)
+        products = (stacked @ Z.T).astype(np.float64, copy=False)
+        return products.reshape(F, K, len(Z)) + b[..., None]
 
     def loss_grad(
         self, theta: NDArray[np.float64], lam: NDArray[np.float64]
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """Objective per fold ``[F]`` and its gradient ``[F, p]``; ``lam [F] = 1/(C·Σ w)``."""
-        W, b = self.split(theta)
-        logits = (self.Z @ W.astype(self.Z.dtype, copy=False)).astype(np.float64, copy=False)
-        logits = logits + b
-        logits -= logits.max(axis=2, keepdims=True)
+        W, _ = self.split(theta)
+        logits = self.logits(theta, self.Z)
+        logits -= logits.max(axis=1, keepdims=True)
         probabilities = np.exp(logits)
-        total = probabilities.sum(axis=2, keepdims=True)
-        probabilities /= total
+        total = probabilities.sum(axis=1)  # [F, n]
+        probabilities /= total[:, None]
         # Σᵢ wᵢ·(log Σₖ exp zᵢₖ − zᵢ,yᵢ), with the targets carrying wᵢ on the true class.
-        loss = np.einsum("fm,fm->f", self.weights, np.log(total[..., 0]))
-        loss -= np.einsum("fmk,fmk->f", self.targets, logits)
-        loss += 0.5 * lam * np.einsum("frk,frk->f", W, W)
-        residual = probabilities * self.weights[..., None] - self.targets
-        grad_w = np.swapaxes(self.Z, 1, 2) @ residual.astype(self.Z.dtype, copy=False)
-        grad_w = grad_w.astype(np.float64, copy=False) + lam[:, None, None] * W
-        grad_b = residual.sum(axis=1, keepdims=True)
-        F = theta.shape[0]
-        return loss, np.concatenate([grad_w, grad_b], axis=1).reshape(F, -1)
-
-    def scores(self, theta: NDArray[np.float64], Z: NDArray[np.floating]) -> NDArray[np.float64]:
-        """Logits ``[F, h, K]`` of held-out rows ``Z [F, h, r]`` under each fold's model."""
-        W, b = self.split(theta)
-        return (Z @ W.astype(Z.dtype, copy=False)).astype(np.float64, copy=False) + b
+        F, K, n = logits.shape
+        loss = _dot(self.weights, np.log(total))
+        loss -= _dot(self.targets.reshape(F, -1), logits.reshape(F, -1))
+        penalised = theta[:, :-K]
+        loss += 0.5 * lam * _dot(penalised, penalised)
+        residual = probabilities * self.weights[:, None] - self.targets  # [F, K, n]
+        flat = residual.reshape(F * K, n).astype(self.Z.dtype, copy=False)
+        grad_w = (flat @ self.Z).astype(np.float64, copy=False).reshape(F, K, -1)
+        grad_w += lam[:, None, None] * W
+        grad = np.empty((F, self.shape[1]))
+        grad[:, :-K] = grad_w.reshape(F, -1)
+        grad[:, -K:] = residual.sum(axis=2)
+        return loss, grad
 
 
 def _dot(a: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Row-wise inner products ``[F]`` of two ``[F, p]`` arrays."""
-    return np.einsum("fp,fp->f", a, b)
+    """Row-wise inner products ``[F]`` of two ``[F, p]`` arrays.
+
+    ``vecdot`` is a ufunc: 2.4x less overhead than ``einsum`` on these small arrays,
+    where the two-loop recursion calls it about 40 times per iteration.
+    """
+    return np.vecdot(a, b)
 
 
 def _direction(
