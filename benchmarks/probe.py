@@ -346,9 +346,15 @@ def main() -> None:
         "than this many seconds",
     )
     args = parser.parse_args()
-    from threadpoolctl import threadpool_limits
+    # threadpool_limits acts on the libraries loaded when it is entered: scikit-learn
+    # and scipy bring their own BLAS, which would otherwise keep its default threads.
+    import sklearn.linear_model  # noqa: F401
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     with threadpool_limits(limits=args.threads or None):
+        if args.threads:
+            pools = {(pool["filepath"], pool["num_threads"]) for pool in threadpool_info()}
+            assert all(n == args.threads for _, n in pools), pools
         run(args)
 
 

@@ -144,3 +144,23 @@ def test_nmi_and_ari_equal_sklearn() -> None:
         assert clustering.normalized_mutual_information(t, c) == pytest.approx(
             sk.normalized_mutual_info_score(t, c), abs=1e-12
         )
+
+
+@pytest.mark.parametrize("coverage", [0.95, 0.9, 0.99])
+def test_student_t_quantile_equals_scipy(coverage: float) -> None:
+    """The closed-form quantile against scipy.stats.t.ppf, odd and even df, small and large."""
+    from scipy.stats import t
+
+    for df in [*range(1, 41), 99, 100, 1000, 4001]:
+        expected = t.ppf(0.5 + coverage / 2, df)
+        assert metrics.student_t_quantile(df, coverage) == pytest.approx(expected, rel=1e-12), df
+
+
+def test_summarize_interval_is_the_t_interval() -> None:
+    """Hand check: values 1, 2, 3, 4 -> mean 2.5, std 1.29099, t(3) = 3.182446305284263."""
+    summary = metrics.summarize([1.0, 2.0, 3.0, 4.0])
+    half = 3.182446305284263 * math.sqrt(5 / 3) / 2
+    assert summary.ci95_low == pytest.approx(2.5 - half, rel=1e-12)
+    assert summary.ci95_high == pytest.approx(2.5 + half, rel=1e-12)
+    with pytest.raises(ValueError, match="degrees of freedom"):
+        metrics.student_t_quantile(0)
