@@ -6,10 +6,11 @@ export HF_HUB_OFFLINE ?= 1
 
 .PHONY: test demo lint typecheck bench clean
 
+# The CUDA build of torch makes the environment 6.4 GB: pip unpacks it beside the
+# environment rather than in a /tmp that may be a small tmpfs, and keeps no second
+# copy in its cache.
 $(BIN)/featkit-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	# The CUDA build of torch is large: pip unpacks it beside the environment rather
-	# than in a /tmp that may be a small tmpfs, and keeps no second copy in its cache.
 	mkdir -p $(VENV)/pip-tmp
 	TMPDIR=$(abspath $(VENV))/pip-tmp $(BIN)/python -m pip install -q --no-cache-dir -e '.[dev]'
 	rm -rf $(VENV)/pip-tmp
