@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from featkit.report.table import MISSING, ComparisonTable
+from featkit.results.io import CONFIG_COLUMNS
 
-CONFIG = ("dataset", "model", "feature", "protocol", "params", "shots")
 COLUMNS = (
     "dataset",
     "model",
@@ -50,24 +50,24 @@ COST_NOTE = (
 def episode_costs(results: pd.DataFrame) -> pd.DataFrame:
     """One row per (configuration, episode) that recorded a cost: ``seconds``, ``peak_mb``."""
     if results.empty or "seconds" not in results.columns:
-        return pd.DataFrame(columns=[*CONFIG, "episode", "seconds", "peak_mb"])
-    frame = results[[*CONFIG, "episode"]].copy()
+        return pd.DataFrame(columns=[*CONFIG_COLUMNS, "episode", "seconds", "peak_mb"])
+    frame = results[[*CONFIG_COLUMNS, "episode"]].copy()
     frame["seconds"] = pd.to_numeric(results["seconds"], errors="coerce")
     peak = results["peak_mb"] if "peak_mb" in results.columns else np.nan
     frame["peak_mb"] = pd.to_numeric(peak, errors="coerce")
     frame = frame[frame["seconds"].notna()]
     # Every metric row of an episode repeats its cost: one row per episode.
-    return frame.drop_duplicates([*CONFIG, "episode"]).reset_index(drop=True)
+    return frame.drop_duplicates([*CONFIG_COLUMNS, "episode"]).reset_index(drop=True)
 
 
 def cell_costs(results: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
     """``seconds`` (mean per episode) and ``peak_mb`` (largest) of each comparison cell,
     aligned with ``cells`` (NaN where nothing was recorded)."""
     per_episode = episode_costs(results)
-    grouped = per_episode.groupby(list(CONFIG), dropna=False).agg(
+    grouped = per_episode.groupby(list(CONFIG_COLUMNS), dropna=False).agg(
         seconds=("seconds", "mean"), peak_mb=("peak_mb", "max")
     )
-    keys = pd.MultiIndex.from_frame(cells[list(CONFIG)].astype(str))
+    keys = pd.MultiIndex.from_frame(cells[list(CONFIG_COLUMNS)].astype(str))
     grouped.index = pd.MultiIndex.from_frame(grouped.index.to_frame().astype(str))
     found = grouped.reindex(keys)
     return pd.DataFrame(
@@ -166,7 +166,7 @@ def cost_table(
         )
     }
     per_episode["method"] = [
-        label.get(tuple(str(r[c]) for c in CONFIG[:5]), r["protocol"])
+        label.get(tuple(str(r[c]) for c in CONFIG_COLUMNS[:5]), r["protocol"])
         for _, r in per_episode.iterrows()
     ]
     records = []
