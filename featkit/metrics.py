@@ -305,14 +305,16 @@ def bootstrap_se(
     return {name: float(values.std(ddof=1)) for name, values in draws.items()}
 
 
-def combined_half_width(episode_half: float, test_se: float) -> float:
-    """95 % half-width of a mean whose error has an episode part and a test-set part.
+def combined_half_width(episode_half: ArrayLike, test_se: ArrayLike) -> NDArray[np.float64]:
+    """95 % half-widths of means whose error has an episode part and a test-set part.
 
     The two sources are independent (support sampling, test sampling), so variances add:
-    ``sqrt(h_episodes² + (z·se_test)²)``. A missing ``test_se`` (NaN) adds nothing.
+    ``sqrt(h_episodes² + (z·se_test)²)``, element-wise. A missing ``test_se`` (NaN) adds
+    nothing.
     """
-    test = Z95 * test_se if math.isfinite(test_se) else 0.0
-    return math.sqrt(episode_half**2 + test**2)
+    se = np.asarray(test_se, dtype=np.float64)
+    test = np.where(np.isfinite(se), Z95 * se, 0.0)
+    return np.sqrt(np.asarray(episode_half, dtype=np.float64) ** 2 + test**2)
 
 
 @dataclass(frozen=True)

@@ -46,14 +46,19 @@ def test_sweep_rows_are_the_same_with_and_without_the_reused_fit(
 ) -> None:
     from featkit_protocols.logistic import Logistic
 
-    fits = {"n": 0}
-    real_fit = Logistic.fit
+    fits = {"n": 0}  # training sets fitted, one by one or together
+    real_fit, real_fit_many = Logistic.fit, Logistic.fit_many
 
     def counted(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         fits["n"] += 1
         return real_fit(self, *args, **kwargs)
 
+    def counted_many(self, sets):  # type: ignore[no-untyped-def]
+        fits["n"] += len(sets)
+        return real_fit_many(self, sets)
+
     monkeypatch.setattr(Logistic, "fit", counted)
+    monkeypatch.setattr(Logistic, "fit_many", counted_many)
     data = toy_data()
     common = {"shots": parse_shots("2,5,all"), "episodes": 3, "bootstrap": 50}
     both = evaluate_arrays(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 from threadpoolctl import threadpool_info
@@ -72,3 +75,27 @@ def test_busy_cores_from_two_proc_stat_lines() -> None:
     assert busy_cores(before, before, 2) == 0.0  # no time passed: nothing measured
     # One core of two busy all the time, the other idle: one core is free.
     assert plan_threads(2, busy_cores([0, 0, 0, 0, 0], [100, 0, 0, 100, 0], 2)) == 1
+
+
+def test_small_problems_get_one_thread_in_libraries_loaded_after_the_first_limit() -> None:
+    """threads_for keeps its view of the loaded libraries only until the next import."""
+    script = """
+import json
+import numpy
+from threadpoolctl import threadpool_info
+from featkit.protocols.base import threads_for
+with threads_for(10):
+    before = {i["filepath"] for i in threadpool_info()}
+import faiss  # brings its own OpenMP runtime
+with threads_for(10):
+    inside = threadpool_info()
+print(json.dumps({"new": sorted({i["filepath"] for i in inside} - before),
+                  "threads": [i["num_threads"] for i in inside]}))
+"""
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env
+    )
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    assert found["new"], "the import loaded no new thread pool: the check would be vacuous"
+    assert found["threads"] and set(found["threads"]) == {1}

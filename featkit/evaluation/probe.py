@@ -28,6 +28,7 @@ from featkit.clustering import clustering_metrics, match_clusters
 from featkit.cost import measure
 from featkit.errors import FeatkitError
 from featkit.evaluation.checks import check_data, check_same_images, warn_small_test_classes
+from featkit.evaluation.fits import SweepFits
 from featkit.evaluation.records import data_id, episode_records
 from featkit.evaluation.rows import ProbeResults
 from featkit.evaluation.shots import Shots, parse_shots
@@ -36,8 +37,6 @@ from featkit.evaluation.shots import Shots, parse_shots
 from featkit.evaluation.specs import (  # noqa: F401
     ProtocolSpec,
     default_specs,
-    fit_key,
-    fit_or_reuse,
     label_free_protocol,
     protocol_grid,
 )
@@ -209,29 +208,23 @@ def evaluate_arrays(
     per_class: list[dict[str, Any]] = []
     confusion: list[dict[str, Any]] = []
     task = progress.task(f"probe {data.dataset}/{data.model}", len(jobs))
-    # The fitted models of the current draw (jobs come draw by draw), for a protocol that
-    # would repeat one of their fits (Protocol.reuses): (model, seconds its fit cost).
-    fits: dict[str, tuple[Protocol, float]] = {}
-    current: tuple[str, int] | None = None
+    fits = SweepFits(data.features, y, [(job.kind, job.spec, job.draw) for job in jobs])
     try:
         for job in jobs:
             X, spec, draw = data.features[job.kind], job.spec, job.draw
-            if current != (job.kind, id(draw)):
-                fits, current = {}, (job.kind, id(draw))
             y_test = y[draw.test]
             metrics: dict[str, float] | None = None
             scores, score_classes = None, None
-            reused = 0.0
-            with measure() as cost:  # fit + predict only: the price of this route
+            fit_seconds = 0.0
+            if spec.supervised:
+                model, fit_seconds = fits.fitted(job.kind, spec, draw)
+            with measure() as cost:  # with the fit's seconds: the price of this route
                 if spec.supervised:
-                    model, reused = fit_or_reuse(spec, X[draw.train], y[draw.train], fits)
                     predicted = model.predict(X[draw.test])
                     scores, score_classes = _scores(model, X[draw.test]), model.classes_.tolist()
                 else:
                     model = label_free_protocol(spec, draw.episode, int(np.unique(y_test).size))
                     clusters = model.fit(X[draw.test]).predict(X[draw.test])
-            if spec.supervised:
-                fits[fit_key(spec.name, job.base["params"])] = (model, cost.seconds + reused)
             if not spec.supervised:
                 metrics = clustering_metrics(y_test, clusters)
                 predicted = match_clusters(y_test, clusters)
@@ -245,7 +238,7 @@ def evaluate_arrays(
                     **job.base,
                     "fitted": json.dumps(fitted, sort_keys=True) if fitted else "",
                     # A reused fit is charged what it cost: the price of the route alone.
-                    "seconds": cost.seconds + reused,
+                    "seconds": cost.seconds + fit_seconds,
                     "peak_mb": round(cost.peak_mb, 1),
                 },
                 y[draw.train],

@@ -12,8 +12,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from numpy.typing import NDArray
-
 from featkit.protocols import Protocol, create_protocol, get_protocol_class, ordered_protocols
 from featkit.results.io import canonical_params
 
@@ -76,24 +74,3 @@ def label_free_protocol(spec: ProtocolSpec, episode: int, n_classes: int) -> Pro
     if cls.n_classes_param and settings.get(cls.n_classes_param) is None:
         settings[cls.n_classes_param] = n_classes
     return create_protocol(spec.name, **settings)
-
-
-def fit_key(name: str, params: str) -> str:
-    """The key a fit is kept under in a draw: the protocol and its recorded ``params``."""
-    return f"{name}|{params}"
-
-
-def fit_or_reuse(
-    spec: ProtocolSpec, X: NDArray[Any], y: NDArray[Any], fits: dict[str, tuple[Protocol, float]]
-) -> tuple[Protocol, float]:
-    """``spec`` fitted on ``(X, y)``, from a fit of this draw it would repeat when there is
-    one; with the seconds that reused fit cost (0 when it fitted itself)."""
-    model = spec.create()
-    same = model.reuses(y)
-    found = None
-    if same is not None:
-        name, settings = same
-        found = fits.get(fit_key(name, ProtocolSpec.of(name, **settings).params_string()))
-    if found is None:
-        return model.fit(X, y), 0.0
-    return model.adopt(found[0], X, y), found[1]

@@ -10,7 +10,9 @@ out. Input checks raise :class:`~featkit.errors.FeatkitError` with precise messa
 from __future__ import annotations
 
 import inspect
-from contextlib import AbstractContextManager
+import sys
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ClassVar
 
 import numpy as np
@@ -138,6 +140,16 @@ class Protocol:
     def fit(self, X: ArrayLike, y: ArrayLike | None = None) -> Protocol:
         raise NotImplementedError
 
+    def fit_many(self, sets: Sequence[tuple[ArrayLike, ArrayLike]]) -> Sequence[Protocol]:
+        """This protocol's settings fitted on each ``(X, y)`` alone, in order.
+
+        A sweep fits all episodes of a shots setting through this one call. The default
+        fits fresh copies one after the other; a protocol that solves many small sets
+        faster together (``logistic``) overrides it, and must return what :meth:`fit`
+        returns on each set.
+        """
+        return [type(self)(**self.get_params()).fit(X, y) for X, y in sets]
+
     def predict(self, X: ArrayLike) -> NDArray[np.int64]:
         raise NotImplementedError
 
@@ -166,6 +178,25 @@ def threads_for(n_values: int) -> AbstractContextManager[Any]:
     synchronisation, which costs 10-400x on a busy machine (measured: a 64-point faiss
     k-means takes 1.9 s with 2 spinning OpenMP threads under load, 5 ms with one).
     """
-    from threadpoolctl import threadpool_limits
+    if n_values >= THREADED_ABOVE:
+        return nullcontext()
+    return _loaded_thread_pools().limit(limits=1)
 
-    return threadpool_limits(limits=None if n_values >= THREADED_ABOVE else 1)
+
+_CONTROLLERS: dict[int, Any] = {}
+
+
+def _loaded_thread_pools() -> Any:
+    """threadpoolctl's controller of the loaded BLAS/OpenMP libraries.
+
+    Finding them scans every loaded shared library (3 ms, and a sweep limits threads a
+    hundred times), so the controller is kept while no module has been imported since:
+    a new library (faiss's OpenMP) comes with an import.
+    """
+    from threadpoolctl import ThreadpoolController
+
+    modules = len(sys.modules)
+    if modules not in _CONTROLLERS:
+        _CONTROLLERS.clear()
+        _CONTROLLERS[modules] = ThreadpoolController()
+    return _CONTROLLERS[modules]

@@ -19,7 +19,7 @@ settings; ``fit`` returns self; ``predict`` gives int64 labels from ``classes_``
 ids for label-free protocols); ``predict_proba``/``decision_function``, where they
 exist, agree with ``predict``; bad input is a :class:`~featkit.errors.FeatkitError`;
 equal settings give equal results; fitted protocols pickle; ``fitted_params_`` goes into
-a JSON result record.
+a JSON result record; ``fit_many`` gives what ``fit`` gives on each set.
 """
 
 from __future__ import annotations
@@ -269,6 +269,19 @@ def check_sample_weight(s: Subject) -> None:
     _ensure(np.array_equal(weighted.predict(s.X_test), reference), "equal weights changed it")
 
 
+def check_fit_many(s: Subject) -> None:
+    """``fit_many`` on several sets gives, in order, what ``fit`` gives on each alone."""
+    if not s.cls.supervised:
+        return
+    subsets = [np.arange(s.y.size) % 3 != r for r in range(3)]  # three overlapping sets
+    sets = [(s.X[rows], s.y[rows]) for rows in subsets]
+    together = s.make().fit_many(sets)
+    _ensure(len(together) == len(sets), f"{len(sets)} sets, {len(together)} models")
+    for (X, y), model in zip(sets, together, strict=True):
+        alone = s.make().fit(X, y).predict(s.X_test)
+        _ensure(np.array_equal(model.predict(s.X_test), alone), "fit_many differs from fit")
+
+
 CHECKS: dict[str, Callable[[Subject], None]] = {
     check.__name__.removeprefix("check_"): check
     for check in (
@@ -286,6 +299,7 @@ CHECKS: dict[str, Callable[[Subject], None]] = {
         check_fitted_params,
         check_pickles,
         check_sample_weight,
+        check_fit_many,
     )
 }
 

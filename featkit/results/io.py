@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from featkit.errors import FeatkitError
-from featkit.metrics import combined_half_width, summarize
+from featkit.metrics import combined_half_width, student_t_quantile
 from featkit.results.files import (
     TEXT_COLUMNS,
     commit,
@@ -190,17 +189,26 @@ def _replaced_runs(old: pd.DataFrame, new: pd.DataFrame) -> set[str]:
     replaced = set(new["run_id"])
     if old.empty or new.empty:
         return replaced
-    key = list(CONFIG_COLUMNS)
-    for config, fresh in new.groupby(key, sort=False, dropna=False):
-        mask = (old[key].astype(str) == pd.Series(config, index=key).astype(str)).all(axis=1)
-        previous = old[mask]
-        if previous.empty:
-            continue
-        same_episode = previous["episode"].astype(str).isin(set(fresh["episode"].astype(str)))
-        changed = (same_episode & ~previous["run_id"].isin(replaced)).any()
-        other_seed = set(previous["seed"].astype(str)) != set(fresh["seed"].astype(str))
-        if changed or other_seed:
-            replaced |= set(previous["run_id"])
+    key, episode = list(CONFIG_COLUMNS), [*CONFIG_COLUMNS, "episode"]
+    old_text = old[[*episode, "seed"]].astype(str)
+    new_text = new[[*episode, "seed"]].astype(str)
+
+    def rows_of(frame: pd.DataFrame, columns: list[str]) -> pd.MultiIndex:
+        return pd.MultiIndex.from_frame(frame[columns])
+
+    # Only old rows of a configuration that comes back can be superseded.
+    back = rows_of(old_text, key).isin(rows_of(new_text, key))
+    if not back.any():
+        return replaced
+    old_text, old_run = old_text[back], old["run_id"][back]
+    same_episode = rows_of(old_text, episode).isin(rows_of(new_text, episode))
+    moved = old_text[key][same_episode & ~old_run.isin(replaced).to_numpy()]
+    old_seeds = old_text.groupby(key)["seed"].agg(frozenset)
+    new_seeds = new_text.groupby(key)["seed"].agg(frozenset).reindex(old_seeds.index)
+    gone = set(moved.itertuples(index=False, name=None))
+    gone |= set(old_seeds.index[(old_seeds != new_seeds).to_numpy()])
+    if gone:
+        replaced |= set(old_run[rows_of(old_text, key).isin(list(gone))])
     return replaced
 
 
@@ -223,30 +231,33 @@ def summarize_results(results: pd.DataFrame) -> pd.DataFrame:
     """
     if results.empty:
         return pd.DataFrame(columns=list(SUMMARY_COLUMNS))
-    records = []
-    for key, group in results.groupby(list(GROUP_COLUMNS), sort=True, dropna=False):
-        s = summarize(pd.to_numeric(group["value"], errors="coerce").to_numpy())
-        ses = pd.to_numeric(group.get("test_se", pd.Series(dtype=float)), errors="coerce")
-        se = float(ses.mean()) if ses.notna().any() else math.nan
-        half = combined_half_width((s.ci95_high - s.ci95_low) / 2, se)
-        shots = pd.to_numeric(group.get("effective_shots", pd.Series(dtype=float)), "coerce")
-        n_test = pd.to_numeric(group.get("n_test", pd.Series(dtype=float)), "coerce")
-        records.append(
-            (
-                *key,  # type: ignore[misc]
-                s.mean,
-                s.std,
-                s.mean - half,
-                s.mean + half,
-                s.n_episodes,
-                s.ci95_low,
-                s.ci95_high,
-                se,
-                int(shots.min()) if shots.notna().any() else "",
-                int(n_test.max()) if n_test.notna().any() else "",
-            )
-        )
-    return pd.DataFrame.from_records(records, columns=list(SUMMARY_COLUMNS))
+    # One grouped pass (a loop over the groups cost 0.7 s per write of a 1,600-row sweep).
+    index = pd.MultiIndex.from_frame(results[list(GROUP_COLUMNS)])
+    values = pd.to_numeric(results["value"], errors="coerce").to_numpy(dtype=float)
+    columns = {"value": np.where(np.isfinite(values), values, np.nan)}
+    for name in ("test_se", "effective_shots", "n_test"):
+        column = results[name] if name in results else pd.Series(np.nan, index=results.index)
+        columns[name] = pd.to_numeric(column, errors="coerce").to_numpy(dtype=float)
+    groups = pd.DataFrame(columns, index=index).groupby(level=list(range(len(GROUP_COLUMNS))))
+    n = groups["value"].count().to_numpy()
+    mean = groups["value"].mean().to_numpy()
+    std = np.where(n > 1, groups["value"].std(ddof=1).to_numpy(), np.where(n == 1, 0.0, np.nan))
+    t = np.array([student_t_quantile(int(k) - 1) if k > 1 else 0.0 for k in n])
+    episode_half = t * std / np.sqrt(np.maximum(n, 1))
+    se = groups["test_se"].mean().to_numpy()  # NaN where no row has one
+    half = combined_half_width(episode_half, se)
+    summary = groups["value"].mean().index.to_frame(index=False)
+    summary.columns = list(GROUP_COLUMNS)
+    summary["mean"], summary["std"] = mean, std
+    summary["ci95_low"], summary["ci95_high"] = mean - half, mean + half
+    summary["n_episodes"] = n
+    summary["ci95_low_episodes"] = mean - episode_half
+    summary["ci95_high_episodes"] = mean + episode_half
+    summary["test_se"] = se
+    for name, reduce in (("effective_shots", "min"), ("n_test", "max")):
+        found = groups[name].agg(reduce).to_numpy()
+        summary[name] = [int(v) if np.isfinite(v) else "" for v in found]
+    return summary[list(SUMMARY_COLUMNS)]
 
 
 def write_results(

@@ -49,21 +49,25 @@ FTOL = 64 * np.finfo(float).eps  # relative decrease that ends a fold (scipy's s
 
 @dataclass
 class Problem:
-    """``F`` training sets over the same rows solved as one: ``Z [n, r]``, weights ``[F, n]``.
+    """``G`` groups of rows ``Z [G, n, r]``, each with ``F`` folds, solved as one batch.
 
     The folds of a cross-validation share their rows: a row's weight is 0 in the folds
-    that hold it out. Parameters are ``θ [F, K·(r + 1)]``: ``W [K, r]`` then the
-    intercept ``b [K]`` of each fold. All folds' logits come from one product
-    ``[W₁ … W_F]·Zᵀ`` and all gradients from one ``[R₁ … R_F]·Z``: ``F·K`` rows use
-    the matrix-product kernels several times better than ``F`` products of ``K``
-    columns over each fold's copy of the rows (2-3x for 1,000 × 768, 5 folds, 10
-    classes). Logits are laid out ``[F, K, n]`` so that the softmax reduces over
-    whole contiguous rows of ``n`` values, not over runs of ``K``.
+    that hold it out. Groups are independent training sets (the episodes of a sweep)
+    padded to a common ``n`` and ``r`` with zero rows and columns, which change no
+    fold's optimum: a zero-weight row adds nothing, and a zero column's coefficients
+    have zero gradient and stay at 0. Parameters are ``θ [G·F, K·(r + 1)]``: ``W [K, r]``
+    then the intercept ``b [K]`` of each fold of each group. A group's logits come from
+    one product ``[W₁ … W_F]·Zᵀ`` and its gradients from one ``[R₁ … R_F]·Z``: ``F·K``
+    rows use the matrix-product kernels several times better than ``F`` products of
+    ``K`` columns over each fold's copy of the rows (2-3x for 1,000 × 768, 5 folds, 10
+    classes), and one stacked product serves all groups. Logits are laid out
+    ``[G·F, K, n]`` so that the softmax reduces over whole contiguous rows of ``n``
+    values, not over runs of ``K``.
     """
 
-    Z: NDArray[np.floating]
-    weights: NDArray[np.float64]  # [F, n], each fold normalised to sum 1 (0 = not in it)
-    targets: NDArray[np.float64]  # [F, K, n]: one-hot labels times the row's weight
+    Z: NDArray[np.floating]  # [G, n, r]
+    weights: NDArray[np.float64]  # [G·F, n], each fold normalised to sum 1 (0 = not in it)
+    targets: NDArray[np.float64]  # [G·F, K, n]: one-hot labels times the row's weight
     n_classes: int
 
     @classmethod
@@ -75,20 +79,37 @@ class Problem:
         fit_masks: list[NDArray[np.bool_]],
         n_classes: int,
     ) -> Problem:
+        """One group: the folds ``fit_masks`` (rows each fold trains on) of ``Z [n, r]``."""
         used = np.logical_or.reduce(fit_masks)  # rows no fold trains on cost nothing
         F, r = len(fit_masks), Z.shape[1]
-        dtype = np.float32 if used.sum() * r * F >= FLOAT32_FROM else np.float64
         rows = Z if used.all() else Z[used]
         weights = np.stack([np.where(mask, w, 0.0)[used] for mask in fit_masks])
         weights /= weights.sum(axis=1, keepdims=True)
         targets = np.zeros((F, n_classes, len(rows)))
         targets[:, y[used], np.arange(len(rows))] = weights
-        return cls(np.asarray(rows, dtype=dtype), weights, targets, n_classes)
+        dtype = _dtype_for(len(rows) * r * F)
+        return cls(np.asarray(rows, dtype=dtype)[None], weights, targets, n_classes)
+
+    @classmethod
+    def stack(cls, groups: list[Problem]) -> Problem:
+        """Single-group problems with the same folds and classes as one, zero-padded."""
+        n = max(g.Z.shape[1] for g in groups)
+        r = max(g.Z.shape[2] for g in groups)
+        F, K = len(groups[0].weights), groups[0].n_classes
+        Z = np.zeros((len(groups), n, r), _dtype_for(len(groups) * n * r * F))
+        weights = np.zeros((len(groups) * F, n))
+        targets = np.zeros((len(groups) * F, K, n))
+        for i, group in enumerate(groups):
+            rows, width = group.Z.shape[1:]
+            Z[i, :rows, :width] = group.Z[0]
+            weights[i * F : (i + 1) * F, :rows] = group.weights
+            targets[i * F : (i + 1) * F, :, :rows] = group.targets
+        return cls(Z, weights, targets, K)
 
     @property
     def shape(self) -> tuple[int, int]:
-        """``(F, K·(r + 1))``: folds and parameters per fold."""
-        return len(self.weights), (self.Z.shape[1] + 1) * self.n_classes
+        """``(G·F, K·(r + 1))``: folds of all groups and parameters per fold."""
+        return len(self.weights), (self.Z.shape[2] + 1) * self.n_classes
 
     def prior_start(self) -> NDArray[np.float64]:
         """``W = 0`` and each fold's intercept at its optimum for ``W = 0`` (log prior).
@@ -103,27 +124,28 @@ class Problem:
         return theta
 
     def split(self, theta: NDArray[np.float64]) -> tuple[NDArray, NDArray]:
-        """``W [F, K, r]``, ``b [F, K]`` views of ``θ [F, p]``."""
+        """``W [G·F, K, r]``, ``b [G·F, K]`` views of ``θ [G·F, p]``."""
         F, K = theta.shape[0], self.n_classes
         return theta[:, :-K].reshape(F, K, -1), theta[:, -K:]
 
     def logits(self, theta: NDArray[np.float64], Z: NDArray[np.floating]) -> NDArray[np.float64]:
-        """Logits ``[F, K, n]`` of rows ``Z [n, r]`` under every fold's model."""
+        """Logits ``[G·F, K, m]`` of each group's rows ``Z [G, m, r]`` (or ``[m, r]`` for
+        every group) under every fold's model of that group."""
         W, b = self.split(theta)
-        F, K, r = W.shape
-        stacked = W.reshape(F * K, r).astype(Z.dtype, copy=False)
-        products = (stacked @ Z.T).astype(np.float64, copy=False)
-        return products.reshape(F, K, len(Z)) + b[..., None]
+        G, K, m = len(self.Z), self.n_classes, Z.shape[-2]
+        stacked = W.reshape(G, -1, W.shape[2]).astype(Z.dtype, copy=False)  # [G, F·K, r]
+        products = (stacked @ np.swapaxes(Z, -1, -2)).astype(np.float64, copy=False)
+        return products.reshape(-1, K, m) + b[..., None]
 
     def loss_grad(
         self, theta: NDArray[np.float64], lam: NDArray[np.float64]
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """Objective per fold ``[F]`` and its gradient ``[F, p]``; ``lam [F] = 1/(C·Σ w)``."""
+        """Objective per fold ``[G·F]`` and its gradient ``[G·F, p]``; ``lam = 1/(C·Σ w)``."""
         W, _ = self.split(theta)
         logits = self.logits(theta, self.Z)
         logits -= logits.max(axis=1, keepdims=True)
         probabilities = np.exp(logits)
-        total = probabilities.sum(axis=1)  # [F, n]
+        total = probabilities.sum(axis=1)  # [G·F, n]
         probabilities /= total[:, None]
         # Σᵢ wᵢ·(log Σₖ exp zᵢₖ − zᵢ,yᵢ), with the targets carrying wᵢ on the true class.
         F, K, n = logits.shape
@@ -131,14 +153,19 @@ class Problem:
         loss -= _dot(self.targets.reshape(F, -1), logits.reshape(F, -1))
         penalised = theta[:, :-K]
         loss += 0.5 * lam * _dot(penalised, penalised)
-        residual = probabilities * self.weights[:, None] - self.targets  # [F, K, n]
-        flat = residual.reshape(F * K, n).astype(self.Z.dtype, copy=False)
+        residual = probabilities * self.weights[:, None] - self.targets  # [G·F, K, n]
+        flat = residual.reshape(len(self.Z), -1, n).astype(self.Z.dtype, copy=False)
         grad_w = (flat @ self.Z).astype(np.float64, copy=False).reshape(F, K, -1)
         grad_w += lam[:, None, None] * W
         grad = np.empty((F, self.shape[1]))
         grad[:, :-K] = grad_w.reshape(F, -1)
         grad[:, -K:] = residual.sum(axis=2)
         return loss, grad
+
+
+def _dtype_for(values: int) -> type[np.floating]:
+    """float32 from ``FLOAT32_FROM`` feature values over all folds on, else float64."""
+    return np.float32 if values >= FLOAT32_FROM else np.float64
 
 
 def _dot(a: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.float64]:
