@@ -72,3 +72,27 @@ def test_unlike_sets_and_small_batches_are_solved_apart(monkeypatch: pytest.Monk
 
     fixed = create_protocol("logistic", c=0.3).fit_many(five)
     _assert_same(fixed, {"c": 0.3}, five)
+
+
+def test_sets_solved_in_float32_alone_are_not_batched_with_float64_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A search large enough for float32 products keeps them in a batch, and a smaller
+    one keeps float64: each batch member is solved exactly as alone."""
+    import featkit_protocols.logistic_solver as solver
+
+    calls: list[int] = []
+    real = search._search
+
+    def counted(sets, *args):  # type: ignore[no-untyped-def]
+        calls.append(len(sets))
+        return real(sets, *args)
+
+    monkeypatch.setattr(search, "_search", counted)
+    five, six = _episodes(5, 2), _episodes(6, 2, seed=2)  # 5 folds each
+    # Between them: 5 folds × 50 rows × 49 basis columns below, 5 × 60 × 59 above.
+    monkeypatch.setattr(solver, "FLOAT32_FROM", 15_000)
+    sets = [five[0], six[0], five[1], six[1]]
+    together = create_protocol("logistic", n_c=8).fit_many(sets)
+    assert calls == [2, 2]
+    _assert_same(together, {"n_c": 8}, sets)

@@ -237,7 +237,8 @@ def evaluate_arrays(
                 {
                     **job.base,
                     "fitted": json.dumps(fitted, sort_keys=True) if fitted else "",
-                    # A reused fit is charged what it cost: the price of the route alone.
+                    # The fit's whole cost when reused, its share when batched
+                    # (featkit.evaluation.fits): the price of the route alone.
                     "seconds": cost.seconds + fit_seconds,
                     "peak_mb": round(cost.peak_mb, 1),
                 },

@@ -71,7 +71,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from featkit.errors import FeatkitError
 from featkit.protocols.base import Protocol, softmax, threads_for
-from featkit_protocols.logistic_search import (  # noqa: F401 (c_grid … are used from here)
+from featkit_protocols.logistic_search import (  # noqa: F401 (pick_c: this module's API)
     Solution,
     TrainingSet,
     c_grid,
@@ -229,9 +229,8 @@ class Logistic(Protocol):
             training.held_out = selection_folds(
                 y_idx, self.holdout, self.min_holdout, self.n_folds, self.random_state
             )
-            self.selection_ = (
-                "holdout" if len(training.held_out) == 1 else (f"{len(training.held_out)}-fold")
-            )
+            folds = len(training.held_out)
+            self.selection_ = "holdout" if folds == 1 else f"{folds}-fold"
         return training
 
     def _standardised(self, features: NDArray[np.float32]) -> NDArray[np.float32]:

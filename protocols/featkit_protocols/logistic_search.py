@@ -5,7 +5,8 @@ training sets of a few dozen images each. One such fit is thousands of tiny prod
 where numpy's per-call overhead costs more than the arithmetic; solved together, every
 call serves all of them (:meth:`featkit_protocols.logistic_solver.Problem.stack`), and
 each set still gets exactly its own optimum, its own C and its own held-out scores.
-Sets are put together when they have as many classes and selection folds, up to
+Sets are put together when they have as many classes and selection folds and would
+be solved in the same floating-point type alone, up to
 ``BATCH_VALUES`` logits per batch (larger problems gain nothing from it and would
 only hold more memory).
 
@@ -18,11 +19,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from featkit_protocols.logistic_solver import Problem, fold_balanced_accuracy, minimize
+from featkit_protocols.logistic_solver import (
+    Problem,
+    dtype_for,
+    fold_balanced_accuracy,
+    minimize,
+)
 
 OFFICIAL_C_RANGE = (-6.0, 5.0)  # log10 bounds of the DINOv2/v3 grid
 
@@ -137,10 +144,10 @@ def _given(s: TrainingSet) -> float:
 
 def _batches(sets: list[TrainingSet]) -> Iterator[list[int]]:
     """Indices of sets solved together: same classes and folds, at most ``BATCH_VALUES``."""
-    alike: dict[tuple[int, int], list[int]] = {}
+    alike: dict[tuple[int, int, Any], list[int]] = {}
     for i, s in enumerate(sets):
-        alike.setdefault((s.n_classes, len(s.held_out)), []).append(i)
-    for (classes, folds), members in alike.items():
+        alike.setdefault((s.n_classes, len(s.held_out), _feature_types(s)), []).append(i)
+    for (classes, folds, _), members in alike.items():
         batch: list[int] = []
         for i in members:
             rows = max([len(sets[j].y) for j in batch] + [len(sets[i].y)])
@@ -149,6 +156,13 @@ def _batches(sets: list[TrainingSet]) -> Iterator[list[int]]:
                 batch = []
             batch.append(i)
         yield batch
+
+
+def _feature_types(s: TrainingSet) -> tuple[type, type]:
+    """The feature types of the set's search and refit problems when solved alone."""
+    rows, width = s.Z.shape
+    used = rows if len(s.held_out) != 1 else rows - int(s.held_out[0].sum())
+    return dtype_for(used * width * len(s.held_out)), dtype_for(rows * width)
 
 
 def _padded(arrays: list[NDArray], fill: float | int = 0) -> NDArray:

@@ -87,16 +87,19 @@ class Problem:
         weights /= weights.sum(axis=1, keepdims=True)
         targets = np.zeros((F, n_classes, len(rows)))
         targets[:, y[used], np.arange(len(rows))] = weights
-        dtype = _dtype_for(len(rows) * r * F)
+        dtype = dtype_for(len(rows) * r * F)
         return cls(np.asarray(rows, dtype=dtype)[None], weights, targets, n_classes)
 
     @classmethod
     def stack(cls, groups: list[Problem]) -> Problem:
-        """Single-group problems with the same folds and classes as one, zero-padded."""
+        """Single-group problems with the same folds, classes and feature type as one,
+        zero-padded (each keeps the type it has alone, so its solution does not change)."""
         n = max(g.Z.shape[1] for g in groups)
         r = max(g.Z.shape[2] for g in groups)
-        F, K = len(groups[0].weights), groups[0].n_classes
-        Z = np.zeros((len(groups), n, r), _dtype_for(len(groups) * n * r * F))
+        F, K, dtype = len(groups[0].weights), groups[0].n_classes, groups[0].Z.dtype
+        if any(g.Z.dtype != dtype or len(g.weights) != F for g in groups):
+            raise ValueError("stacked problems need the same folds and feature type")
+        Z = np.zeros((len(groups), n, r), dtype)
         weights = np.zeros((len(groups) * F, n))
         targets = np.zeros((len(groups) * F, K, n))
         for i, group in enumerate(groups):
@@ -163,7 +166,7 @@ class Problem:
         return loss, grad
 
 
-def _dtype_for(values: int) -> type[np.floating]:
+def dtype_for(values: int) -> type[np.floating]:
     """float32 from ``FLOAT32_FROM`` feature values over all folds on, else float64."""
     return np.float32 if values >= FLOAT32_FROM else np.float64
 
