@@ -143,7 +143,8 @@ def _given(s: TrainingSet) -> float:
 
 
 def _batches(sets: list[TrainingSet]) -> Iterator[list[int]]:
-    """Indices of sets solved together: same classes and folds, at most ``BATCH_VALUES``."""
+    """Indices of sets solved together: same classes, folds and feature types, at most
+    ``BATCH_VALUES`` logits."""
     alike: dict[tuple[int, int, Any], list[int]] = {}
     for i, s in enumerate(sets):
         alike.setdefault((s.n_classes, len(s.held_out), _feature_types(s)), []).append(i)
@@ -165,10 +166,10 @@ def _feature_types(s: TrainingSet) -> tuple[type, type]:
     return dtype_for(used * width * len(s.held_out)), dtype_for(rows * width)
 
 
-def _padded(arrays: list[NDArray], fill: float | int = 0) -> NDArray:
+def _padded(arrays: list[NDArray]) -> NDArray:
     """Arrays of equal rank stacked along a new first axis, zero-padded to the largest."""
     shape = (len(arrays), *np.max([a.shape for a in arrays], axis=0))
-    out = np.full(shape, fill, dtype=arrays[0].dtype)
+    out = np.zeros(shape, dtype=arrays[0].dtype)
     for i, a in enumerate(arrays):
         region: tuple[int | slice, ...] = (i, *(slice(0, n) for n in a.shape))
         out[region] = a
