@@ -50,9 +50,9 @@ def test_episodes_fitted_together_equal_each_fitted_alone(shots: int) -> None:
     _assert_same(together, {"n_c": 12}, sets)
 
 
-def test_unlike_sets_and_small_batches_are_solved_apart(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Sets with other classes, other folds or a given C go to their own batches, and
-    a batch never holds more than BATCH_VALUES logits."""
+@pytest.fixture
+def batch_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of sets in each C search, as the solver is called."""
     calls: list[int] = []
     real = search._search
 
@@ -61,13 +61,21 @@ def test_unlike_sets_and_small_batches_are_solved_apart(monkeypatch: pytest.Monk
         return real(sets, *args)
 
     monkeypatch.setattr(search, "_search", counted)
+    return calls
+
+
+def test_unlike_sets_and_small_batches_are_solved_apart(
+    monkeypatch: pytest.MonkeyPatch, batch_sizes: list[int]
+) -> None:
+    """Sets with other classes, other folds or a given C go to their own batches, and
+    a batch never holds more than BATCH_VALUES logits."""
     monkeypatch.setattr(search, "BATCH_VALUES", 2 * 5 * 10 * 50)  # two 5-shot sets
     five, three = _episodes(5, 3), _episodes(3, 2, seed=1)  # 5 folds; 3 folds
     X, y = five[0]
     fewer_classes = (X[y < 4], y[y < 4])
     sets = [five[0], three[0], fewer_classes, five[1], three[1], five[2]]
     together = create_protocol("logistic", n_c=8).fit_many(sets)
-    assert sorted(calls) == [1, 1, 2, 2]  # five: 2 + 1, three: 2, fewer classes: 1
+    assert sorted(batch_sizes) == [1, 1, 2, 2]  # five: 2 + 1, three: 2, fewer classes: 1
     _assert_same(together, {"n_c": 8}, sets)
 
     fixed = create_protocol("logistic", c=0.3).fit_many(five)
@@ -75,24 +83,16 @@ def test_unlike_sets_and_small_batches_are_solved_apart(monkeypatch: pytest.Monk
 
 
 def test_sets_solved_in_float32_alone_are_not_batched_with_float64_ones(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, batch_sizes: list[int]
 ) -> None:
     """A search large enough for float32 products keeps them in a batch, and a smaller
     one keeps float64: each batch member is solved exactly as alone."""
     import featkit_protocols.logistic_solver as solver
 
-    calls: list[int] = []
-    real = search._search
-
-    def counted(sets, *args):  # type: ignore[no-untyped-def]
-        calls.append(len(sets))
-        return real(sets, *args)
-
-    monkeypatch.setattr(search, "_search", counted)
     five, six = _episodes(5, 2), _episodes(6, 2, seed=2)  # 5 folds each
     # Between them: 5 folds × 50 rows × 49 basis columns below, 5 × 60 × 59 above.
     monkeypatch.setattr(solver, "FLOAT32_FROM", 15_000)
     sets = [five[0], six[0], five[1], six[1]]
     together = create_protocol("logistic", n_c=8).fit_many(sets)
-    assert calls == [2, 2]
+    assert batch_sizes == [2, 2]
     _assert_same(together, {"n_c": 8}, sets)
