@@ -48,8 +48,9 @@ class SweepFits:
             if spec.supervised and fits_together(spec):
                 self.groups.setdefault((kind, spec, str(draw.shots)), []).append(draw)
         self.batched: dict[tuple[str, ProtocolSpec, int], tuple[Protocol, float]] = {}
-        # The current draw's fits, for a protocol that would repeat one of them.
-        self.draw_fits: dict[tuple[str, ProtocolSpec], tuple[Protocol, float]] = {}
+        # The current draw's fits by (protocol, its settings as recorded), for a protocol
+        # that would repeat one of them.
+        self.draw_fits: dict[tuple[str, str], tuple[Protocol, float]] = {}
         self.current: tuple[str, int] | None = None
 
     def fitted(self, kind: str, spec: ProtocolSpec, draw: Episode) -> tuple[Protocol, float]:
@@ -58,30 +59,23 @@ class SweepFits:
             self.draw_fits, self.current = {}, (kind, id(draw))
         X, y = self.features[kind][draw.train], self.y[draw.train]
         model = spec.create()
-        found = self._reusable(model, y)
+        same = model.reuses(y)
+        found = None
+        if same is not None:
+            name, settings = same
+            found = self.draw_fits.get((name, ProtocolSpec.of(name, **settings).params_string()))
         if found is not None:
             with measure() as cost:
                 model = model.adopt(found[0], X, y)
             result = (model, found[1] + cost.seconds)
-        elif (kind, spec, str(draw.shots)) in self.groups and model.reuses(y) is None:
+        elif same is None and (kind, spec, str(draw.shots)) in self.groups:
             result = self._batch(kind, spec, draw)
         else:
             with measure() as cost:
                 model = model.fit(X, y)
             result = (model, cost.seconds)
-        self.draw_fits[(kind, spec)] = result
+        self.draw_fits[(spec.name, spec.params_string())] = result
         return result
-
-    def _reusable(self, model: Protocol, y: NDArray[np.int64]) -> tuple[Protocol, float] | None:
-        same = model.reuses(y)
-        if same is None:
-            return None
-        name, settings = same
-        wanted = ProtocolSpec.of(name, **settings).params_string()
-        for (_, spec), found in self.draw_fits.items():
-            if spec.name == name and spec.params_string() == wanted:
-                return found
-        return None
 
     def _batch(self, kind: str, spec: ProtocolSpec, draw: Episode) -> tuple[Protocol, float]:
         key = (kind, spec, id(draw))

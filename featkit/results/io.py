@@ -240,13 +240,14 @@ def summarize_results(results: pd.DataFrame) -> pd.DataFrame:
         columns[name] = pd.to_numeric(column, errors="coerce").to_numpy(dtype=float)
     groups = pd.DataFrame(columns, index=index).groupby(level=list(range(len(GROUP_COLUMNS))))
     n = groups["value"].count().to_numpy()
-    mean = groups["value"].mean().to_numpy()
+    means = groups["value"].mean()
+    mean = means.to_numpy()
     std = np.where(n > 1, groups["value"].std(ddof=1).to_numpy(), np.where(n == 1, 0.0, np.nan))
     t = np.array([student_t_quantile(int(k) - 1) if k > 1 else 0.0 for k in n])
     episode_half = t * std / np.sqrt(np.maximum(n, 1))
     se = groups["test_se"].mean().to_numpy()  # NaN where no row has one
     half = combined_half_width(episode_half, se)
-    summary = groups["value"].mean().index.to_frame(index=False)
+    summary = means.index.to_frame(index=False)
     summary.columns = list(GROUP_COLUMNS)
     summary["mean"], summary["std"] = mean, std
     summary["ci95_low"], summary["ci95_high"] = mean - half, mean + half

@@ -26,8 +26,8 @@ from numpy.typing import NDArray
 
 from featkit_protocols.logistic_solver import (
     Problem,
-    dtype_for,
     fold_balanced_accuracy,
+    folds_dtype,
     minimize,
 )
 
@@ -159,11 +159,12 @@ def _batches(sets: list[TrainingSet]) -> Iterator[list[int]]:
         yield batch
 
 
-def _feature_types(s: TrainingSet) -> tuple[type, type]:
-    """The feature types of the set's search and refit problems when solved alone."""
-    rows, width = s.Z.shape
-    used = rows if len(s.held_out) != 1 else rows - int(s.held_out[0].sum())
-    return dtype_for(used * width * len(s.held_out)), dtype_for(rows * width)
+def _feature_types(s: TrainingSet) -> tuple[type | None, type]:
+    """The feature types of the set's search (None without one) and refit problems when
+    solved alone."""
+    width = s.Z.shape[1]
+    search = folds_dtype([~mask for mask in s.held_out], width) if s.held_out else None
+    return search, folds_dtype([np.ones(len(s.y), bool)], width)
 
 
 def _padded(arrays: list[NDArray]) -> NDArray:

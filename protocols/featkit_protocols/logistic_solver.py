@@ -81,19 +81,21 @@ class Problem:
     ) -> Problem:
         """One group: the folds ``fit_masks`` (rows each fold trains on) of ``Z [n, r]``."""
         used = np.logical_or.reduce(fit_masks)  # rows no fold trains on cost nothing
-        F, r = len(fit_masks), Z.shape[1]
+        F = len(fit_masks)
         rows = Z if used.all() else Z[used]
         weights = np.stack([np.where(mask, w, 0.0)[used] for mask in fit_masks])
         weights /= weights.sum(axis=1, keepdims=True)
         targets = np.zeros((F, n_classes, len(rows)))
         targets[:, y[used], np.arange(len(rows))] = weights
-        dtype = dtype_for(len(rows) * r * F)
+        dtype = folds_dtype(fit_masks, Z.shape[1])
         return cls(np.asarray(rows, dtype=dtype)[None], weights, targets, n_classes)
 
     @classmethod
     def stack(cls, groups: list[Problem]) -> Problem:
         """Single-group problems with the same folds, classes and feature type as one,
         zero-padded (each keeps the type it has alone, so its solution does not change)."""
+        if len(groups) == 1:  # nothing to pad: no copy of a large training set
+            return groups[0]
         n = max(g.Z.shape[1] for g in groups)
         r = max(g.Z.shape[2] for g in groups)
         F, K, dtype = len(groups[0].weights), groups[0].n_classes, groups[0].Z.dtype
@@ -166,9 +168,11 @@ class Problem:
         return loss, grad
 
 
-def dtype_for(values: int) -> type[np.floating]:
-    """float32 from ``FLOAT32_FROM`` feature values over all folds on, else float64."""
-    return np.float32 if values >= FLOAT32_FROM else np.float64
+def folds_dtype(fit_masks: list[NDArray[np.bool_]], width: int) -> type[np.floating]:
+    """The features' type in a problem over these folds: float32 from ``FLOAT32_FROM``
+    values (the rows some fold trains on × ``width`` × folds) on, else float64."""
+    used = int(np.logical_or.reduce(fit_masks).sum())
+    return np.float32 if used * width * len(fit_masks) >= FLOAT32_FROM else np.float64
 
 
 def _dot(a: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.float64]:
