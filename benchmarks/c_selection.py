@@ -1,4 +1,4 @@
-"""Logistic C selection against the test-oracle C on real digits (issue 11, item 2).
+"""Logistic C selection against the test-oracle C on real digits.
 
 sklearn's 8×8 digits scaled to [0, 1], a fixed test set of 60 images per class, and
 nested episodes: in episode ``e`` the 9-shot support is inside the 10-shot one, which

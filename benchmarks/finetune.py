@@ -13,7 +13,7 @@ With ``--demo`` it measures learning instead, on what ``featkit demo`` tunes: th
 pretrained featkit-tiny-dino on the demo's digits (32 px, imbalance 10, seed 0), every
 draw of ``--shots`` × ``--episodes``, printing the final training loss (mean of the last
 10 % of steps; chance is ln 10 = 2.30), the balanced accuracy and, on the same draws,
-the logistic probe's (docs/finetune.md, issue 11.9)::
+the logistic probe's (docs/finetune.md)::
 
     python benchmarks/finetune.py --demo --shots 10,all --episodes 3
 """

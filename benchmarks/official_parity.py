@@ -211,7 +211,7 @@ def cosines(
     gen = torch.Generator().manual_seed(0)
     for h, w in sizes:
         x = torch.randn(2, 3, h, w, generator=gen)
-        # Built per size: featkit versions before issue 12 fixed the grid at build time.
+        # Built per size: older featkit versions fixed the grid at build time.
         backbone = create_backbone(name, weights=weights, image_size=h, model_kwargs=kwargs or None)
         try:
             with torch.no_grad():

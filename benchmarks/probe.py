@@ -1,4 +1,4 @@
-"""Probe speed on synthetic features (issue 3, item 6). Not collected by pytest.
+"""Probe speed on synthetic features. Not collected by pytest.
 
 1. The default sweep (knn, logistic, prototype, balanced, kmeans × shots 1, 5, 10, all
    × 10 episodes) on 10,000 × 768 features of 20 imbalanced classes (20:1).
@@ -7,7 +7,7 @@
    the same hold-out, with the same selection rule (held-out balanced accuracy, ties to
    the smallest C) and a refit on all training images. Reports the time ratio (target
    ≥ 5×) and both selected models' test accuracy (target: within 0.5 points).
-3. ``--widths`` / ``--quick`` (issue 14): featkit's C search against scikit-learn's
+3. ``--widths`` / ``--quick``: featkit's C search against scikit-learn's
    per-C sweep on the same folds and grid at widths 64-3072 and 100 → 100k training
    rows (``--quick``: 100 and 1,000), in one process; time ratio (target ≥ 20×),
    both chosen C and both test accuracies (target: within 0.5 points). A
@@ -330,7 +330,7 @@ def main() -> None:
     parser.add_argument(
         "--widths",
         action="store_true",
-        help="only the width sweep: widths 64..3072 x training rows 100..100k (issue 14)",
+        help="only the width sweep: widths 64..3072 x training rows 100..100k",
     )
     parser.add_argument(
         "--quick", action="store_true", help="width sweep up to 1,000 training rows only"

@@ -1,4 +1,4 @@
-"""Scale-out measurements (issue 7): torchrun extraction and k-NN over a million rows.
+"""Scale-out measurements: torchrun extraction and k-NN over a million rows.
 
     python benchmarks/scale.py extract --n-images 256            # (a) 1 vs 2 processes
     python benchmarks/scale.py knn --rows 1000000 --queries 10000 # (b) the full-size run

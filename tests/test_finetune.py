@@ -181,7 +181,7 @@ def test_cli_extract_probe_finetune_share_the_tables(tmp_path: Path) -> None:
 
 
 def test_episodes_default_to_the_probes() -> None:
-    """Issue 11.8: tuned and probed cells average over the same number of draws."""
+    """Tuned and probed cells average over the same number of draws."""
     import inspect
 
     from featkit.cli.finetune import finetune_command

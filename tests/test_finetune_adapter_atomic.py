@@ -1,4 +1,4 @@
-"""Issue 13.4: adapters are written whole, checked on load, and never overwrite another run's."""
+"""Adapters are written whole, checked on load, and never overwrite another run's."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 11.9: a fine-tune must visibly learn on real digits, whatever the feature scale.
+"""A fine-tune must visibly learn on real digits, whatever the feature scale.
 
 Before the fix the head-first probe was fitted to the unaugmented images and folded
 into raw-feature weights of the order of 1/std: tuning started from a loss above
@@ -126,7 +126,7 @@ def test_last_block_beats_the_frozen_linear_head_on_random_features(tmp_path: Pa
 def test_linear_head_agrees_with_l2_logistic_regression_on_standardised_features(
     tmp_path: Path, make: object
 ) -> None:
-    """Issue 11.3: ``finetune --method linear`` optimises what a logistic probe does.
+    """``finetune --method linear`` optimises what a logistic probe does.
 
     Both fit a multinomial linear model on the training images' z-scores (the head by
     AdamW on mini-batch cross-entropy with decoupled weight decay, the reference by
@@ -171,7 +171,7 @@ def test_linear_head_agrees_with_l2_logistic_regression_on_standardised_features
 def test_lora_learns_on_the_demo_backbone_and_keeps_up_with_the_frozen_head(
     tmp_path: Path,
 ) -> None:
-    """Issue 11.9 on featkit-tiny-dino, the demo's pretrained backbone.
+    """A fine-tune must learn on featkit-tiny-dino, the demo's pretrained backbone.
 
     Its CLS token is far from invariant to crops (cosine 0.57 after a 1-px shift), so the
     head-first probe met augmented views at a loss above chance and LoRA ended at

@@ -1,4 +1,4 @@
-"""The logistic probe's C selection and scale invariance, on real digits (issue 11, items 2-3)."""
+"""The logistic probe's C selection and scale invariance, on real digits."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The logistic probe's batched solver against independent truth (issue 14, item 1)."""
+"""The logistic probe's batched solver against independent truth."""
 
 from __future__ import annotations
 

@@ -144,7 +144,7 @@ def test_hnsw_recall(clustered: tuple[np.ndarray, np.ndarray, NeighborIndex]) ->
 
 
 def test_exact_at_every_size_unless_an_approximate_index_is_named() -> None:
-    """Issue 11.6: ``auto`` (and the default) never becomes IVF, however many rows."""
+    """``auto`` (and the default) never becomes IVF, however many rows."""
     assert resolve_kind("auto", 10**9) == "exact"
     assert resolve_kind("hnsw", 10) == "hnsw"
     assert NeighborIndex().kind == "exact"

@@ -31,7 +31,7 @@ CASES = [
     ("dinov3_vits16", [(224, 224), (64, 112)]),
     ("dinov3_vits16plus", [(96, 64)]),
 ]
-TARGET = 0.9999  # issue 12: CLS and patch-mean cosine in fp32
+TARGET = 0.9999  # CLS and patch-mean cosine in fp32
 
 
 def _official_file(name: str, tmp_path: Path) -> tuple[Path, dict[str, torch.Tensor]]:

@@ -1,4 +1,4 @@
-"""``pixels-grey``: one channel for grey images, a third of the width (issue 14, item 3)."""
+"""``pixels-grey``: one channel for grey images, a third of the width."""
 
 from __future__ import annotations
 

@@ -60,8 +60,8 @@ def _rows_per_dataset(workspace: Path) -> dict[str, list[int]]:
 
 
 def test_two_datasets_extracted_with_pixels_keep_every_row(tmp_path: Path) -> None:
-    # Issue 11.1: the same model on two data sets gave both the same run ids, so the
-    # second store's rows replaced the first's in all four CSVs.
+    # The same model on two data sets must not give both the same run ids, or the
+    # second store's rows replace the first's in all four CSVs.
     probe_args = ["--protocols", "knn", "--shots", "1,all", "--episodes", "1"]
     ws = tmp_path / "ws"
     for name in ("A", "B"):
@@ -84,7 +84,7 @@ def _toy(sizes: tuple[int, ...], dataset: str = "toy") -> EvalData:
 
 
 def test_changed_data_with_fewer_episodes_replaces_the_old_rows(tmp_path: Path) -> None:
-    # Issue 13.3(b): 5 episodes on the old images, then 2 on more images: the summary
+    # 5 episodes on the old images, then 2 on more images: the summary
     # must be of the 2 new episodes only, not of new 0–1 with old 2–4.
     settings = ProbeSettings(protocols=FAST[:1], shots=parse_shots("1"), bootstrap=0)
     old = evaluate_arrays(_toy((10, 8, 6)), ProbeSettings(**{**settings.__dict__, "episodes": 5}))

@@ -1,4 +1,4 @@
-"""The probe's thread plan (issue 14, item 3): threads for the cores actually free."""
+"""The probe's thread plan: threads for the cores actually free."""
 
 from __future__ import annotations
 
