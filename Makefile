@@ -32,6 +32,7 @@ demo: $(BIN)/featkit-installed
 bench: $(BIN)/featkit-installed
 	$(BIN)/python benchmarks/extract.py
 	$(BIN)/python benchmarks/probe.py
+	$(BIN)/python benchmarks/probe_workspace.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache featkit_runs
