@@ -193,7 +193,7 @@ def main() -> None:
 
         # (e) decoding and transforming alone, on one thread: the CPU time extraction
         # must spend besides the forward pass.
-        items = [str(f.relative_to(root)) for f in sorted(root.rglob("*.jpg"))]
+        items = [str(f.relative_to(root)) for f in files]
 
         def decode_alone(rep: int) -> None:
             for rel in items:

@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from scale import run_timed  # this folder's scripts: run as `python benchmarks/...`
+
 from featkit.data.digits import write_digits
 from featkit.extraction.plan import available_cores
 
@@ -42,17 +44,7 @@ STORES = (
 
 def featkit(*args: str) -> float:
     """Run ``featkit <args>`` in a fresh interpreter; its wall time in seconds."""
-    start = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "featkit", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    seconds = time.perf_counter() - start
-    if done.returncode:
-        raise SystemExit(f"featkit {' '.join(args)} failed: {done.stderr.strip()[-500:]}")
-    return seconds
+    return run_timed([sys.executable, "-m", "featkit", *args])
 
 
 def beside_cpu_hog(args: list[str]) -> float:

@@ -58,7 +58,9 @@ def write_images(folder: Path, n: int, seed: int = 0) -> Path:
     return folder
 
 
-def _run(command: list[str], env: dict[str, str]) -> float:
+def run_timed(command: list[str], env: dict[str, str] | None = None) -> float:
+    """Wall seconds of ``command`` run from the repository root; exits with its output
+    when it fails."""
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     if done.returncode != 0:
@@ -115,10 +117,10 @@ def bench_extract(args: argparse.Namespace) -> dict[str, Any]:
         }
         for name, launcher in launchers.items():
             command = [*launcher, *common, "--out", str(work / f"{name}.h5")]
-            total = _run(command, env)
+            total = run_timed(command, env)
             # The same command again finds the store up to date: what remains is the
             # fixed cost (interpreters, imports, model creation, rendezvous).
-            fixed = _run(command, env)
+            fixed = run_timed(command, env)
             result[f"{name}_s"] = round(total, 2)
             result[f"{name}_fixed_s"] = round(fixed, 2)
             result[f"{name}_img_s"] = round(args.n_images / max(total - fixed, 1e-9), 2)
