@@ -17,9 +17,9 @@ and fp32 CLS. a/b is the fraction of the bare forward pass (at featkit's precisi
 for bf16 the fraction of what this CPU's bf16 forward allows) that extraction reaches;
 b' adds the decoding (e) that must share the cores, so a/b' is the fraction of what
 these images allow on these cores, and b'/c the most a/c can reach.
-Targets on a quiet 2-core machine: a/b >= 0.95, a/c >= 2.5, cosine >= 0.999. a/c >= 2.5
-needs b'/c >= 2.5, a bf16 forward well over twice as fast as fp32 (AMX does it; a CPU
-with AVX-512-BF16 alone gives about 1.5x).
+Targets on a quiet 2-core machine: a/b >= 0.95, a/c >= 2.5 (reachable only where
+b'/c >= 2.5: a bf16 forward well over twice as fast as fp32, as with AMX; AVX-512-BF16
+alone gives about 1.5x), cosine >= 0.999.
 
     python benchmarks/extract.py                      # 256 images, batch 32
     python benchmarks/extract.py --n-images 64 --batch-size 16
