@@ -7,13 +7,27 @@ few-shot problems scipy's bookkeeping (``setulb``, 1.4 ms a call for 5,000 param
 on one thread, 9 ms with two OpenBLAS threads on a busy machine) cost more than the
 objective itself. Each fold keeps its own curvature pairs, step length and stopping
 test, so one fold's curvature never steers another's step. It follows scipy's choices
-where they matter: 10 pairs, a first step of length at most 1 along the gradient
-(without it a warm start overshoots and the middle of the C path took twice the
-evaluations), the stopping rule (largest gradient component of the mean-loss objective
-at most ``tol``, at most ``max_iter`` iterations, or a relative decrease below
-``64·eps``) — on one fold it takes the same number of evaluations as scipy. Steps
-satisfy the Armijo condition, backtracking by the minimiser of the interpolating
-quadratic (exact where the penalty dominates, at small C).
+where they matter: 10 pairs, a first step of length at most 1, the stopping rule
+(largest gradient component of the mean-loss objective at most ``tol``, at most
+``max_iter`` iterations, or a relative decrease below ``64·eps``). Steps satisfy the
+Armijo condition, backtracking by the minimiser of the interpolating quadratic (exact
+where the penalty dominates, at small C).
+
+Unlike scipy it is preconditioned: the initial inverse Hessian of the two-loop
+recursion is the inverse of the objective's exact Hessian diagonal at the start point
+(:meth:`Problem.curvature_diagonal`), scaled by the newest pair as BFGS does in the
+preconditioned variables. The features' columns differ in scale by orders of magnitude
+(in the basis of the training rows a column's scale is a singular value), and the
+penalty adds the same ``1/C`` to every coefficient, so which directions the data
+dominate changes along the C path; a scaled identity leaves the ten pairs to learn
+that again at every C. On the three stores of a 1,040-image workspace (the default
+probe's twelve C searches: 5 and 10 shots, ten episodes at once, and the full
+training split for ``logistic`` and ``balanced``) it took 20-50 % fewer evaluations
+(random-init store: 1,648 → 802 for the 10-shot episodes, 1,153 → 905 for the full
+split). The solutions are as close to their optima or closer: on the 10-shot episodes
+the objective ended 5-10 times closer in the middle of the path, on the full split
+within a factor 3 either way. The diagonal is computed once per C: recomputing it at
+every iteration saved a few more evaluations and cost two products each time.
 
 What keeps a call cheap where the products are tiny and per-operation overhead
 dominates: float64 features below ``FLOAT32_FROM`` values (no casts of the parameters
@@ -26,7 +40,11 @@ exactly for the change of penalty (483 evaluations instead of 445 on a 1,000 × 
 5-fold search); starting each C from a linear extrapolation of the last two
 solutions (290 evaluations, but the path then stops early on the flat end of the
 selection curve and the chosen C moved from 1e3 to 1e5); a diagonal preconditioner
-from Böhning's bound on the softmax curvature (3-10× more evaluations).
+from Böhning's bound on the softmax curvature (3-10× more evaluations: the bound is
+far above the curvature where the model is confident, so every step came out short);
+the exact diagonal averaged over the classes, which keeps each step's class sum at zero
+as the softmax's invariance would have it (8 % fewer evaluations, but farther from
+the optimum at small C).
 """
 
 from __future__ import annotations
@@ -116,6 +134,26 @@ class Problem:
         """``(G·F, K·(r + 1))``: folds of all groups and parameters per fold."""
         return len(self.weights), (self.Z.shape[2] + 1) * self.n_classes
 
+    def narrowed(
+        self, active: NDArray[np.bool_], at_most: int | None = None
+    ) -> tuple[Problem, NDArray[np.int64]] | None:
+        """The problem over the folds that still move, ``active [G·F]``, and their rows;
+        None where that keeps more than ``at_most`` folds (nothing is copied then).
+
+        Whole groups drop out once all their folds are done; within the groups left,
+        fold positions that are done in all of them drop out too, so the layout stays
+        the same number of folds per group and the products keep their shape.
+        """
+        G = len(self.Z)
+        by_group = active.reshape(G, -1)
+        groups = np.flatnonzero(by_group.any(axis=1))
+        folds = np.flatnonzero(by_group[groups].any(axis=0))
+        if at_most is not None and groups.size * folds.size > at_most:
+            return None
+        rows = (groups[:, None] * by_group.shape[1] + folds).ravel()
+        Z = self.Z if groups.size == G else self.Z[groups]
+        return Problem(Z, self.weights[rows], self.targets[rows], self.n_classes), rows
+
     def prior_start(self) -> NDArray[np.float64]:
         """``W = 0`` and each fold's intercept at its optimum for ``W = 0`` (log prior).
 
@@ -167,6 +205,28 @@ class Problem:
         grad[:, -K:] = residual.sum(axis=2)
         return loss, grad
 
+    def curvature_diagonal(
+        self, theta: NDArray[np.float64], lam: NDArray[np.float64]
+    ) -> NDArray[np.float64]:
+        """The diagonal ``[G·F, p]`` of each fold's Hessian at ``θ``.
+
+        For class ``k`` and column ``j``: ``Σᵢ wᵢ·pᵢₖ(1 − pᵢₖ)·zᵢⱼ² + lam``, and for the
+        intercept ``Σᵢ wᵢ·pᵢₖ(1 − pᵢₖ)`` (kept above 1e-12: a fold sure of a class has
+        none there, and the recursion divides by it). Two products, as one evaluation.
+        """
+        logits = self.logits(theta, self.Z)
+        logits -= logits.max(axis=1, keepdims=True)
+        probabilities = np.exp(logits)
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        curvature = probabilities * (1.0 - probabilities) * self.weights[:, None]
+        F, K, n = curvature.shape
+        flat = curvature.reshape(len(self.Z), -1, n).astype(self.Z.dtype, copy=False)
+        diagonal = np.empty((F, self.shape[1]))
+        on_w = (flat @ np.square(self.Z)).astype(np.float64, copy=False).reshape(F, -1)
+        diagonal[:, :-K] = on_w + lam[:, None]
+        diagonal[:, -K:] = np.maximum(curvature.sum(axis=2), 1e-12)
+        return diagonal
+
 
 def folds_dtype(fit_masks: list[NDArray[np.bool_]], width: int) -> type[np.floating]:
     """The features' type in a problem over these folds: float32 from ``FLOAT32_FROM``
@@ -185,16 +245,19 @@ def _dot(a: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.float64]:
 
 
 def _direction(
-    g: NDArray[np.float64], pairs: list[tuple[NDArray, NDArray, NDArray]], gamma: NDArray
+    g: NDArray[np.float64],
+    pairs: list[tuple[NDArray, NDArray, NDArray]],
+    initial: NDArray[np.float64],
 ) -> NDArray[np.float64]:
-    """``−H·g`` by the two-loop recursion, every fold with its own pairs' scalars."""
+    """``−H·g`` by the two-loop recursion, every fold with its own pairs' scalars and
+    its own initial inverse Hessian, the diagonal ``initial [F, p]``."""
     q = g.copy()
     alphas = []
     for s, y, rho in reversed(pairs):
         alpha = rho * _dot(s, q)
         q -= alpha[:, None] * y
         alphas.append(alpha)
-    q *= gamma[:, None]
+    q *= initial
     for (s, y, rho), alpha in zip(pairs, reversed(alphas), strict=True):
         q += s * (alpha - rho * _dot(y, q))[:, None]
     if not pairs:  # no curvature known yet: a step of length at most 1 (as scipy's)
@@ -209,16 +272,34 @@ def minimize(
     max_iter: int,
     tol: float,
 ) -> NDArray[np.float64]:
-    """Each fold's minimiser ``[F, p]`` of the objective at ``lam [F]`` (module doc)."""
-    x = np.array(theta0, dtype=np.float64).reshape(problem.shape)
+    """Each fold's minimiser ``[F, p]`` of the objective at ``lam [F]`` (module doc).
+
+    Folds stop at different iterations; once a quarter of the folds carried are done,
+    the loop goes on over the rest alone (:meth:`Problem.narrowed`): in a sweep's batch
+    of ten episodes about half the folds are done at any time, and evaluating and
+    updating them anyway cost as much as the ones still moving.
+    """
+    solution = np.array(theta0, dtype=np.float64).reshape(problem.shape)
+    rows = np.arange(len(solution))  # the folds still carried, as rows of ``solution``
+    x = solution.copy()
     f, g = problem.loss_grad(x, lam)
     pairs: list[tuple[NDArray, NDArray, NDArray]] = []  # (s, y, 1/sᵀy), oldest first
-    gamma = np.ones(len(x))
     active = np.abs(g).max(axis=1) > tol
+    # Initial inverse Hessian: gamma · P, P the inverse Hessian diagonal at the start.
+    precondition = 1.0 / problem.curvature_diagonal(x, lam) if active.any() else np.ones_like(x)
+    gamma = np.ones(len(x))
     for _ in range(max_iter):
         if not active.any():
             break
-        direction = _direction(g, pairs, gamma)
+        narrowed = problem.narrowed(active, at_most=3 * len(active) // 4)
+        if narrowed is not None:
+            narrower, keep = narrowed
+            solution[rows] = x
+            problem, rows = narrower, rows[keep]
+            x, f, g, lam, active = x[keep], f[keep], g[keep], lam[keep], active[keep]
+            gamma, precondition = gamma[keep], precondition[keep]
+            pairs = [(s[keep], y[keep], rho[keep]) for s, y, rho in pairs]
+        direction = _direction(g, pairs, gamma[:, None] * precondition)
         slope = _dot(g, direction)
         lost = slope >= 0  # rounding broke the memory's descent: restart from −g
         if lost.any():
@@ -248,12 +329,15 @@ def minimize(
         curved = sy > 1e-10 * np.sqrt(_dot(s, s) * yy)  # else the pair is left out
         rho = np.where(curved, 1.0 / np.where(curved, sy, 1.0), 0.0)
         pairs = [*pairs[-(MEMORY - 1) :], (s, y, rho)]
-        gamma = np.where(curved, sy / np.where(curved, yy, 1.0), gamma)
+        # sᵀy / yᵀPy: the usual sᵀy / yᵀy in the variables that P makes well scaled.
+        yPy = _dot(y, precondition * y)
+        gamma = np.where(curved, sy / np.where(curved, yPy, 1.0), gamma)
         scale = np.maximum(np.maximum(np.abs(f), np.abs(f_new)), 1.0)
         stalled = f - f_new <= FTOL * scale
         x, f, g = x_new, f_new, g_new
         active &= (np.abs(g).max(axis=1) > tol) & ~stalled
-    return x
+    solution[rows] = x
+    return solution
 
 
 def fold_balanced_accuracy(
