@@ -22,9 +22,9 @@ penalty adds the same ``1/C`` to every coefficient, so which directions the data
 dominate changes along the C path; a scaled identity leaves the ten pairs to learn
 that again at every C. On the three stores of a 1,040-image workspace (the default
 probe's twelve C searches: 5 and 10 shots, ten episodes at once, and the full
-training split for ``logistic`` and ``balanced``) it took 20-50 % fewer evaluations
-(random-init store: 1,648 → 802 for the 10-shot episodes, 1,153 → 905 for the full
-split). The solutions are as close to their optima or closer: on the 10-shot episodes
+training split for ``logistic`` and ``balanced``, each C then started from the
+previous one's solution) it took 20-50 % fewer evaluations (random-init store:
+1,648 → 802 for the 10-shot episodes, 1,153 → 905 for the full split). The solutions are as close to their optima or closer: on the 10-shot episodes
 the objective ended 5-10 times closer in the middle of the path, on the full split
 within a factor 3 either way. The diagonal is computed once per C: recomputing it at
 every iteration saved a few more evaluations and cost two products each time.
@@ -37,9 +37,7 @@ of all folds at once (:func:`fold_balanced_accuracy`).
 
 Tried and dropped: carrying the curvature pairs from one C to the next, corrected
 exactly for the change of penalty (483 evaluations instead of 445 on a 1,000 × 768,
-5-fold search); starting each C from a linear extrapolation of the last two
-solutions (290 evaluations, but the path then stops early on the flat end of the
-selection curve and the chosen C moved from 1e3 to 1e5); a diagonal preconditioner
+5-fold search); a diagonal preconditioner
 from Böhning's bound on the softmax curvature (3-10× more evaluations: the bound is
 far above the curvature where the model is confident, so every step came out short);
 the exact diagonal averaged over the classes, which keeps each step's class sum at zero
