@@ -95,6 +95,52 @@ def test_clustering_metrics_use_a_hungarian_match() -> None:
     assert clustering.match_clusters([0, 0, 1, 1], [0, 2, 1, 1]).tolist() == [0, -1, 1, 1]
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (3, 3), (4, 6), (6, 4), (10, 10), (12, 30), (30, 7)])
+def test_best_matching_equals_scipy(shape: tuple[int, int]) -> None:
+    """Same total weight as scipy's linear_sum_assignment (ties may pick other pairs),
+    on count tables with many ties and on real-valued matrices."""
+    from scipy.optimize import linear_sum_assignment
+
+    rng = np.random.default_rng(sum(shape))
+    for weights in (rng.integers(0, 4, size=shape), rng.normal(size=shape)):
+        rows, cols = clustering.best_matching(weights)
+        ref_rows, ref_cols = linear_sum_assignment(weights, maximize=True)
+        assert rows.size == min(shape) and np.unique(rows).size == np.unique(cols).size == rows.size
+        assert np.all(np.diff(rows) > 0)
+        assert weights[rows, cols].sum() == pytest.approx(weights[ref_rows, ref_cols].sum())
+
+
+def test_large_matchings_are_left_to_scipy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above SMALL_MATCHING classes scipy matches (fast there); the relabelling is the
+    same one-to-one rule either way."""
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 5, size=200)
+    clusters = np.where(rng.random(200) < 0.8, (y + 2) % 5, rng.integers(0, 5, size=200))
+    here = clustering.match_clusters(y, clusters)
+    monkeypatch.setattr(clustering, "SMALL_MATCHING", 1)
+    assert (clustering.match_clusters(y, clusters) == y).sum() == (here == y).sum()
+
+
+def test_best_matching_is_the_best_permutation() -> None:
+    """Against every one-to-one matching of small matrices (independent of scipy)."""
+    import itertools
+
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        n, m = (int(v) for v in rng.integers(1, 6, size=2))
+        weights = rng.integers(0, 9, size=(n, m)).astype(float)
+        rows, cols = clustering.best_matching(weights)
+        if n <= m:
+            best = max(
+                weights[np.arange(n), list(p)].sum() for p in itertools.permutations(range(m), n)
+            )
+        else:
+            best = max(
+                weights[list(p), np.arange(m)].sum() for p in itertools.permutations(range(n), m)
+            )
+        assert weights[rows, cols].sum() == best
+
+
 def test_summary_uses_a_student_t_interval() -> None:
     s = metrics.summarize([1.0, 2.0, 3.0])
     half = 4.302652729911275 * 1.0 / math.sqrt(3)  # t_{0.975, 2} · s / √n
