@@ -24,10 +24,11 @@ that again at every C. On the three stores of a 1,040-image workspace (the defau
 probe's twelve C searches: 5 and 10 shots, ten episodes at once, and the full
 training split for ``logistic`` and ``balanced``, each C then started from the
 previous one's solution) it took 20-50 % fewer evaluations (random-init store:
-1,648 → 802 for the 10-shot episodes, 1,153 → 905 for the full split). The solutions are as close to their optima or closer: on the 10-shot episodes
-the objective ended 5-10 times closer in the middle of the path, on the full split
-within a factor 3 either way. The diagonal is computed once per C: recomputing it at
-every iteration saved a few more evaluations and cost two products each time.
+1,648 → 802 for the 10-shot episodes, 1,153 → 905 for the full split). The solutions
+are as close to their optima or closer: on the 10-shot episodes the objective ended
+5-10 times closer in the middle of the path, on the full split within a factor 3
+either way. The diagonal is computed once per C: recomputing it at every iteration
+saved a few more evaluations and cost two products each time.
 
 What keeps a call cheap where the products are tiny and per-operation overhead
 dominates: float64 features below ``FLOAT32_FROM`` values (no casts of the parameters
