@@ -21,7 +21,7 @@ and the path stopped moving, every large C left at the solution of a smaller one
 the three stores of a 1,040-image workspace (``python benchmarks/probe_workspace.py``:
 the default probe's twelve C searches, 5 and 10 shots with ten episodes at once and
 the full training split for ``logistic`` and ``balanced``) the extrapolated starts took
-40-60 % fewer evaluations (random-init store: 802 → 366 for the 10-shot episodes,
+35-60 % fewer evaluations (random-init store: 802 → 366 for the 10-shot episodes,
 905 → 493 for the full split), and each C's solution ended as close to its optimum or
 closer: on the full split the objective's gap at C ≥ 1e3 fell from 2.5e-3-3.1e-3 to
 2e-5-1.3e-4 (median over the folds; 15-280 times closer on both problems); at smaller

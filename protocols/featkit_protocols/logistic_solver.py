@@ -38,12 +38,11 @@ of all folds at once (:func:`fold_balanced_accuracy`).
 
 Tried and dropped: carrying the curvature pairs from one C to the next, corrected
 exactly for the change of penalty (483 evaluations instead of 445 on a 1,000 × 768,
-5-fold search); a diagonal preconditioner
-from Böhning's bound on the softmax curvature (3-10× more evaluations: the bound is
-far above the curvature where the model is confident, so every step came out short);
-the exact diagonal averaged over the classes, which keeps each step's class sum at zero
-as the softmax's invariance would have it (8 % fewer evaluations, but farther from
-the optimum at small C).
+5-fold search); a diagonal preconditioner from Böhning's bound on the softmax
+curvature (3-10× more evaluations: the bound is far above the curvature where the
+model is confident, so every step came out short); the exact diagonal averaged over
+the classes, which keeps each step's class sum at zero as the softmax's invariance
+would have it (8 % fewer evaluations, but farther from the optimum at small C).
 """
 
 from __future__ import annotations
