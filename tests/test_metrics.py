@@ -130,14 +130,11 @@ def test_best_matching_is_the_best_permutation() -> None:
         n, m = (int(v) for v in rng.integers(1, 6, size=2))
         weights = rng.integers(0, 9, size=(n, m)).astype(float)
         rows, cols = clustering.best_matching(weights)
-        if n <= m:
-            best = max(
-                weights[np.arange(n), list(p)].sum() for p in itertools.permutations(range(m), n)
-            )
-        else:
-            best = max(
-                weights[list(p), np.arange(m)].sum() for p in itertools.permutations(range(n), m)
-            )
+        wide = weights if n <= m else weights.T  # every row matched, to some column
+        k, width = wide.shape
+        best = max(
+            wide[np.arange(k), list(p)].sum() for p in itertools.permutations(range(width), k)
+        )
         assert weights[rows, cols].sum() == best
 
 

@@ -178,16 +178,30 @@ class Problem:
         products = (stacked @ np.swapaxes(Z, -1, -2)).astype(np.float64, copy=False)
         return products.reshape(-1, K, m) + b[..., None]
 
-    def loss_grad(
-        self, theta: NDArray[np.float64], lam: NDArray[np.float64]
-    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """Objective per fold ``[G·F]`` and its gradient ``[G·F, p]``; ``lam = 1/(C·Σ w)``."""
-        W, _ = self.split(theta)
+    def softmax(
+        self, theta: NDArray[np.float64]
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+        """Each fold's logits less their row maximum, the probabilities ``[G·F, K, n]``,
+        and the normalisers ``[G·F, n]`` (of the shifted logits)."""
         logits = self.logits(theta, self.Z)
         logits -= logits.max(axis=1, keepdims=True)
         probabilities = np.exp(logits)
         total = probabilities.sum(axis=1)  # [G·F, n]
         probabilities /= total[:, None]
+        return logits, probabilities, total
+
+    def loss_grad(
+        self,
+        theta: NDArray[np.float64],
+        lam: NDArray[np.float64],
+        softmax: tuple[NDArray, NDArray, NDArray] | None = None,
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Objective per fold ``[G·F]`` and its gradient ``[G·F, p]``; ``lam = 1/(C·Σ w)``.
+
+        ``softmax``: :meth:`softmax` at ``θ`` when the caller has it already.
+        """
+        W, _ = self.split(theta)
+        logits, probabilities, total = self.softmax(theta) if softmax is None else softmax
         # Σᵢ wᵢ·(log Σₖ exp zᵢₖ − zᵢ,yᵢ), with the targets carrying wᵢ on the true class.
         F, K, n = logits.shape
         loss = _dot(self.weights, np.log(total))
@@ -204,18 +218,20 @@ class Problem:
         return loss, grad
 
     def curvature_diagonal(
-        self, theta: NDArray[np.float64], lam: NDArray[np.float64]
+        self,
+        theta: NDArray[np.float64],
+        lam: NDArray[np.float64],
+        probabilities: NDArray[np.float64] | None = None,
     ) -> NDArray[np.float64]:
         """The diagonal ``[G·F, p]`` of each fold's Hessian at ``θ``.
 
         For class ``k`` and column ``j``: ``Σᵢ wᵢ·pᵢₖ(1 − pᵢₖ)·zᵢⱼ² + lam``, and for the
         intercept ``Σᵢ wᵢ·pᵢₖ(1 − pᵢₖ)`` (kept above 1e-12: a fold sure of a class has
-        none there, and the recursion divides by it). Two products, as one evaluation.
+        none there, and the recursion divides by it). One product, and the softmax's
+        unless its ``probabilities`` at ``θ`` are given.
         """
-        logits = self.logits(theta, self.Z)
-        logits -= logits.max(axis=1, keepdims=True)
-        probabilities = np.exp(logits)
-        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        if probabilities is None:
+            _, probabilities, _ = self.softmax(theta)
         curvature = probabilities * (1.0 - probabilities) * self.weights[:, None]
         F, K, n = curvature.shape
         flat = curvature.reshape(len(self.Z), -1, n).astype(self.Z.dtype, copy=False)
@@ -280,11 +296,14 @@ def minimize(
     solution = np.array(theta0, dtype=np.float64).reshape(problem.shape)
     rows = np.arange(len(solution))  # the folds still carried, as rows of ``solution``
     x = solution.copy()
-    f, g = problem.loss_grad(x, lam)
+    start = problem.softmax(x)  # the objective's and the diagonal's at the start point
+    f, g = problem.loss_grad(x, lam, start)
     pairs: list[tuple[NDArray, NDArray, NDArray]] = []  # (s, y, 1/sᵀy), oldest first
     active = np.abs(g).max(axis=1) > tol
     # Initial inverse Hessian: gamma · P, P the inverse Hessian diagonal at the start.
-    precondition = 1.0 / problem.curvature_diagonal(x, lam) if active.any() else np.ones_like(x)
+    precondition = np.ones_like(x)
+    if active.any():
+        precondition = 1.0 / problem.curvature_diagonal(x, lam, start[1])
     gamma = np.ones(len(x))
     for _ in range(max_iter):
         if not active.any():
