@@ -28,7 +28,8 @@ from numpy.typing import ArrayLike, NDArray
 from featkit.errors import FeatkitError
 
 
-def _labels(y: ArrayLike, name: str) -> NDArray[np.int64]:
+def as_labels(y: ArrayLike, name: str) -> NDArray[np.int64]:
+    """``y`` as a 1-D int64 array of labels; a one-line error naming ``name`` otherwise."""
     array = np.asarray(y)
     if array.ndim != 1:
         raise FeatkitError(f"{name}: expected a 1-D array of labels, got {array.ndim}-D")
@@ -38,7 +39,7 @@ def _labels(y: ArrayLike, name: str) -> NDArray[np.int64]:
 def paired_labels(
     y_true: ArrayLike, y_pred: ArrayLike
 ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    t, p = _labels(y_true, "y_true"), _labels(y_pred, "y_pred")
+    t, p = as_labels(y_true, "y_true"), as_labels(y_pred, "y_pred")
     if t.shape != p.shape:
         raise FeatkitError(f"y_pred: expected {t.shape[0]} labels like y_true, got {p.shape[0]}")
     if t.size == 0:
@@ -82,12 +83,11 @@ def per_class_recall(
 ) -> NDArray[np.float64]:
     """Recall per class of ``labels``, ``[L]``; NaN for a class with no test images."""
     t, p = paired_labels(y_true, y_pred)
-    recalls = np.full(len(labels), np.nan)
-    for i, label in enumerate(labels):
-        mask = t == label
-        if mask.any():
-            recalls[i] = float(np.mean(p[mask] == label))
-    return recalls
+    at = _positions(np.asarray(labels, dtype=np.int64), t)
+    counted = at >= 0
+    totals = np.bincount(at[counted], minlength=len(labels)).astype(np.float64)
+    hits = np.bincount(at[counted & (t == p)], minlength=len(labels))
+    return np.divide(hits, totals, out=np.full(len(labels), np.nan), where=totals > 0)
 
 
 def balanced_accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> float:
@@ -105,25 +105,22 @@ def macro_f1(y_true: ArrayLike, y_pred: ArrayLike) -> float:
 
 
 def _mid_ranks(values: NDArray[np.float64]) -> NDArray[np.float64]:
-    """1-based ranks, ties sharing the mean of their positions (scipy's ``rankdata``)."""
-    order = np.argsort(values, kind="mergesort")
-    ordered = values[order]
-    starts_group = np.r_[True, ordered[1:] != ordered[:-1]]
-    starts = np.flatnonzero(starts_group)
-    ends = np.r_[starts[1:], values.size]  # one past each tie group
-    ranks = np.empty(values.size, dtype=np.float64)
-    ranks[order] = ((starts + 1 + ends) / 2.0)[np.cumsum(starts_group) - 1]
-    return ranks
-
-
-def _binary_auroc(positive: NDArray[np.bool_], scores: NDArray[np.float64]) -> float:
-    # Mann–Whitney U with mid-ranks for ties: AUROC = P(score⁺ > score⁻) + ½·P(tie).
-    # Ranked with numpy: importing scipy.stats alone costs seconds, more than every
-    # AUROC of a probe run together.
-    ranks = _mid_ranks(scores)
-    n_pos = int(positive.sum())
-    n_neg = positive.size - n_pos
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    """1-based ranks within each column of ``[N, K]``, ties sharing the mean of their
+    positions (scipy's ``rankdata`` per column)."""
+    columns = np.ascontiguousarray(values.T)  # [K, N]: each sort runs over contiguous memory
+    order = np.argsort(columns, axis=1, kind="stable")
+    ordered = np.take_along_axis(columns, order, axis=1)
+    n = ordered.shape[1]
+    position = np.broadcast_to(np.arange(n), ordered.shape)
+    starts_group = np.ones(ordered.shape, dtype=bool)
+    starts_group[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    start = np.maximum.accumulate(np.where(starts_group, position, 0), axis=1)
+    next_start = np.full(ordered.shape, n)  # where the group after each position starts
+    next_start[:, :-1] = np.where(starts_group[:, 1:], position[:, 1:], n)
+    end = np.minimum.accumulate(next_start[:, ::-1], axis=1)[:, ::-1]  # one past each group
+    ranks = np.empty(ordered.shape)
+    np.put_along_axis(ranks, order, (start + 1 + end) / 2.0, axis=1)
+    return ranks.T
 
 
 def macro_auroc(y_true: ArrayLike, scores: ArrayLike, classes: Sequence[int]) -> float | None:
@@ -131,8 +128,11 @@ def macro_auroc(y_true: ArrayLike, scores: ArrayLike, classes: Sequence[int]) ->
 
     None when the test labels and the scored classes differ as sets, or when there are
     fewer than two classes: some one-vs-rest curve would have no positives or negatives.
+    Each class's AUROC is Mann–Whitney's U with mid-ranks for ties,
+    ``P(score⁺ > score⁻) + ½·P(tie)``, ranked with numpy: importing scipy.stats alone costs
+    more than every AUROC of a probe run together.
     """
-    t = _labels(y_true, "y_true")
+    t = as_labels(y_true, "y_true")
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 2 or s.shape != (t.size, len(classes)):
         raise FeatkitError(
@@ -140,7 +140,11 @@ def macro_auroc(y_true: ArrayLike, scores: ArrayLike, classes: Sequence[int]) ->
         )
     if len(classes) < 2 or set(np.unique(t).tolist()) != {int(c) for c in classes}:
         return None
-    return float(np.mean([_binary_auroc(t == c, s[:, i]) for i, c in enumerate(classes)]))
+    positive = t[:, None] == np.asarray(classes, dtype=np.int64)[None, :]  # [N, K]
+    n_pos = positive.sum(axis=0).astype(np.float64)
+    n_neg = t.size - n_pos
+    rank_sums = np.where(positive, _mid_ranks(s), 0.0).sum(axis=0)
+    return float(np.mean((rank_sums - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)))
 
 
 def classification_metrics(
@@ -226,83 +230,9 @@ def student_t_quantile(df: int, coverage: float = 0.95) -> float:
 
 
 # ---------------------------------------------------------------------------------------
-# Test-set uncertainty and paired comparison
+# Test-set uncertainty (the bootstrap itself: featkit.bootstrap) and paired comparison
 
-DEFAULT_BOOTSTRAP = 1000
 Z95 = 1.959963984540054  # the normal 97.5 % quantile
-
-
-def stratified_bootstrap_indices(y_true: ArrayLike, n_boot: int, seed: int) -> NDArray[np.int64]:
-    """``[n_boot, N]`` row indices into ``y_true``, resampled with replacement within each class.
-
-    Column ``j`` always holds an image of the class of ``y_true[order[j]]`` (columns are
-    grouped by class in sorted class order), so every draw keeps the class sizes of the
-    test set: a class with 2 test images stays a class with 2 test images.
-    """
-    t = _labels(y_true, "y_true")
-    rng = np.random.default_rng(seed)
-    parts = []
-    for label in np.unique(t):
-        members = np.flatnonzero(t == label)
-        parts.append(members[rng.integers(0, members.size, size=(n_boot, members.size))])
-    if not parts:
-        return np.empty((n_boot, 0), np.int64)
-    return np.concatenate(parts, axis=1).astype(np.int64)
-
-
-def bootstrap_metrics(
-    y_true: ArrayLike, y_pred: ArrayLike, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0
-) -> dict[str, NDArray[np.float64]]:
-    """``accuracy``, ``balanced_accuracy`` and ``macro_f1`` of each stratified bootstrap draw.
-
-    Each value is ``[n_boot]``. A stratified resample draws ``n_c`` images of class ``c``
-    with replacement, so the predictions it collects for that class are multinomial with
-    the class's row of the confusion matrix as probabilities: sampling those counts
-    directly gives the same distribution as resampling image indices (the metrics depend
-    on the images only through these counts) at ``O(n_boot · non-zero cells)`` instead of
-    ``O(n_boot · N)``: 1000 draws over 10,000 images cost milliseconds, not seconds.
-    """
-    t, p = paired_labels(y_true, y_pred)
-    rng = np.random.default_rng(seed)
-    classes, sizes = np.unique(t, return_counts=True)
-    labels = np.union1d(classes, np.unique(p))
-    rows = np.searchsorted(labels, classes)
-    pairs, counts = np.unique(np.stack([_positions(labels, t), _positions(labels, p)]), axis=1,
-                              return_counts=True)  # fmt: skip
-    predicted = np.zeros((n_boot, labels.size))
-    hits = np.zeros((n_boot, classes.size))
-    for i, (row, size) in enumerate(zip(rows, sizes, strict=True)):
-        mine = pairs[0] == row
-        columns, n = pairs[1][mine], counts[mine]
-        draws = rng.multinomial(int(size), n / n.sum(), size=n_boot)  # [B, cells of row]
-        predicted[:, columns] += draws
-        hits[:, i] = draws[:, columns == row].sum(axis=1)
-    tp = np.zeros((n_boot, labels.size))
-    tp[:, rows] = hits
-    n_true = np.zeros(labels.size)
-    n_true[rows] = sizes
-    denom = n_true[None, :] + predicted
-    f1 = np.divide(2.0 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    present = denom > 0  # as macro_f1: classes in y_true or predicted in this draw
-    return {
-        "accuracy": hits.sum(axis=1) / t.size,
-        "balanced_accuracy": (hits / sizes[None, :]).mean(axis=1),
-        "macro_f1": f1.sum(axis=1) / present.sum(axis=1),
-    }
-
-
-def bootstrap_se(
-    y_true: ArrayLike, y_pred: ArrayLike, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0
-) -> dict[str, float]:
-    """Standard error over test images of each metric of :func:`bootstrap_metrics`.
-
-    The spread a metric would show on another test set of the same class sizes; 0 when
-    ``n_boot < 2``.
-    """
-    if n_boot < 2:
-        return {}
-    draws = bootstrap_metrics(y_true, y_pred, n_boot, seed)
-    return {name: float(values.std(ddof=1)) for name, values in draws.items()}
 
 
 def combined_half_width(episode_half: ArrayLike, test_se: ArrayLike) -> NDArray[np.float64]:
@@ -366,16 +296,35 @@ def paired_bootstrap_balanced(
     """
     if len(blocks_a) != len(blocks_b) or not blocks_a:
         raise FeatkitError("blocks_b: expected the same classes as blocks_a")
-    rng = np.random.default_rng(seed)
-    diffs = np.zeros(n_boot)
-    observed = 0.0
+    differences = []
     for a, b in zip(blocks_a, blocks_b, strict=True):
         d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
         if d.ndim != 1 or d.size == 0:
             raise FeatkitError(f"blocks: expected 1-D non-empty class blocks, got {d.shape}")
-        diffs += d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(axis=1)
-        observed += float(d.mean())
-    diffs /= len(blocks_a)
-    observed /= len(blocks_a)
+        differences.append(d)
+    counts = _class_resamples(tuple(d.size for d in differences), n_boot, seed)
+    diffs = sum(times @ d / d.size for times, d in zip(counts, differences, strict=True))
+    diffs = np.asarray(diffs) / len(differences)
+    # Differences that cancel are ties, whatever order their floats were added in.
+    diffs[np.abs(diffs) <= 1e-12] = 0.0
+    observed = float(np.mean([d.mean() for d in differences]))
     p = 2.0 * min(float(np.mean(diffs <= 0)), float(np.mean(diffs >= 0)))
     return observed, min(1.0, p)
+
+
+@functools.lru_cache(maxsize=8)
+def _class_resamples(sizes: tuple[int, ...], n_boot: int, seed: int) -> tuple[NDArray, ...]:
+    """``[n_boot, n_c]`` per class: how often each draw takes each image of the class.
+
+    The draws depend on the class sizes alone, so a table that compares many pairs of
+    cells on one test set draws them once.
+    """
+    rng = np.random.default_rng(seed)
+    counts = []
+    for n in sizes:
+        picks = rng.integers(0, n, size=(n_boot, n)) + (np.arange(n_boot) * n)[:, None]
+        times = np.bincount(picks.ravel(), minlength=n_boot * n).reshape(n_boot, n)
+        times = times.astype(np.float64)
+        times.setflags(write=False)  # shared between calls
+        counts.append(times)
+    return tuple(counts)

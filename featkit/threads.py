@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 
 def plan_threads(cpus: int, load_average: float) -> int:
@@ -71,19 +72,45 @@ def _cpu_line() -> list[int] | None:
         return None
 
 
-def planned_threads(window: float = 0.2) -> int:
+@dataclass(frozen=True)
+class CpuSample:
+    """The machine's CPU counters and this process's own CPU time at one moment."""
+
+    stat: list[int] | None  # the /proc/stat "cpu" line; None where there is none
+    own: float  # this process's CPU seconds, all its threads
+    wall: float  # time.monotonic()
+
+
+def cpu_sample() -> CpuSample:
+    return CpuSample(_cpu_line(), time.process_time(), time.monotonic())
+
+
+def others_busy(start: CpuSample, end: CpuSample, cpus: int) -> float | None:
+    """Cores that other processes kept busy between two samples; None without counters.
+
+    This process's own CPU time is taken out, so the span may cover its own work.
+    """
+    if start.stat is None or end.stat is None or len(start.stat) != len(end.stat):
+        return None
+    wall = end.wall - start.wall
+    own = (end.own - start.own) / wall if wall > 0 else 0.0
+    return max(0.0, busy_cores(start.stat, end.stat, cpus) - own)
+
+
+def planned_threads(since: CpuSample | None = None, window: float = 0.2) -> int:
     """The plan for this machine now: the usable cores and what other processes keep busy.
 
-    Measured over ``window`` seconds from ``/proc/stat`` (this process is idle meanwhile,
-    so only other work counts); elsewhere from the 1-minute load average, which also
-    counts this process's own recent work. Made once, at the start of a run.
+    Measured from ``/proc/stat`` over at least ``window`` seconds from ``since`` (default:
+    now), so a caller can start the span before its own set-up work; elsewhere from the
+    1-minute load average, which also counts this process's own recent work. Made once,
+    at the start of a run.
     """
-    before = _cpu_line()
-    if before is not None:
-        time.sleep(window)
-        after = _cpu_line()
-        if after is not None and len(after) == len(before):
-            return plan_threads(_usable_cpus(), busy_cores(before, after, os.cpu_count() or 1))
+    start = since or cpu_sample()
+    if start.stat is not None:
+        time.sleep(max(0.0, window - (time.monotonic() - start.wall)))
+        busy = others_busy(start, cpu_sample(), os.cpu_count() or 1)
+        if busy is not None:
+            return plan_threads(_usable_cpus(), busy)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     return plan_threads(_usable_cpus(), load)
 

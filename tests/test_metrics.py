@@ -163,10 +163,11 @@ def test_mid_ranks_equal_scipy_rankdata_with_ties() -> None:
 
     rng = np.random.default_rng(3)
     for size in (1, 2, 7, 100):
-        values = rng.integers(0, 4, size).astype(np.float64)  # many ties
-        np.testing.assert_array_equal(metrics._mid_ranks(values), rankdata(values))
-        values = rng.normal(size=size)
-        np.testing.assert_array_equal(metrics._mid_ranks(values), rankdata(values))
+        for columns in (1, 5):
+            values = rng.integers(0, 4, (size, columns)).astype(np.float64)  # many ties
+            np.testing.assert_array_equal(metrics._mid_ranks(values), rankdata(values, axis=0))
+            values = rng.normal(size=(size, columns))
+            np.testing.assert_array_equal(metrics._mid_ranks(values), rankdata(values, axis=0))
 
 
 def test_nmi_and_ari_equal_sklearn() -> None:

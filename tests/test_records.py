@@ -137,6 +137,19 @@ def test_stores_of_one_dataset_with_other_images_are_refused(tmp_path: Path) -> 
     assert len(probe([a, b], settings, allow_different_images=True).results) > 0
 
 
+def test_two_stores_of_one_dataset_and_model_are_refused_before_any_write(
+    tmp_path: Path,
+) -> None:
+    from featkit.errors import FeatkitError
+
+    a = make_store(tmp_path / "a", "m1")
+    b = make_store(tmp_path / "b", "m1", seed=1)  # same images, other features
+    settings = ProbeSettings(protocols=FAST[:1], shots=parse_shots("1"), episodes=1)
+    with pytest.raises(FeatkitError, match="one store per dataset and model"):
+        probe([a, b], settings, workspace=tmp_path / "ws")
+    assert not (tmp_path / "ws" / "results").exists()
+
+
 def test_folds_and_the_standard_split_never_share_a_run(tmp_path: Path) -> None:
     store = make_store(tmp_path, "m")
     plain = ProbeSettings(protocols=FAST[:1], shots=parse_shots("all"), episodes=1)
@@ -170,3 +183,19 @@ def test_imported_features_without_paths_are_warned_about(
         probe([store], ProbeSettings(protocols=FAST[:1], shots=parse_shots("1"), episodes=1))
         warned = "imported without a 'path' column" in caplog.text
         assert warned == (not with_paths), name
+
+
+def test_records_refuse_the_resamples_of_another_test_set() -> None:
+    from featkit.bootstrap import StratifiedBootstrap
+    from featkit.errors import FeatkitError
+    from featkit.evaluation.records import episode_records
+
+    y_test = np.array([0, 0, 1, 1, 2])
+    base = {c: "x" for c in ("dataset", "model", "feature", "protocol", "params", "shots")}
+    base |= {"episode": 0, "run_id": "r"}
+    shared = StratifiedBootstrap(y_test, n_boot=50, seed=3)
+    rows, _, _ = episode_records(base, y_test, y_test, y_test[::-1], (), bootstrap=shared)
+    alone, _, _ = episode_records(base, y_test, y_test, y_test[::-1], (), n_boot=50, seed=3)
+    assert [r["test_se"] for r in rows] == [r["test_se"] for r in alone]
+    with pytest.raises(FeatkitError, match="bootstrap: expected the resamples of this test set"):
+        episode_records(base, y_test, y_test[::-1], y_test, (), bootstrap=shared)

@@ -14,19 +14,23 @@ import pytest
 from scipy import stats
 from typer.testing import CliRunner
 
+from featkit.bootstrap import (
+    StratifiedBootstrap,
+    bootstrap_metrics,
+    bootstrap_se,
+    stratified_bootstrap_indices,
+)
 from featkit.cli import app
+from featkit.errors import FeatkitError
 from featkit.evaluation.probe import EvalData, ProbeSettings, evaluate_arrays, probe
 from featkit.evaluation.records import decode_correct, encode_correct
 from featkit.evaluation.splits import parse_shots
 from featkit.metrics import (
     Z95,
     balanced_accuracy,
-    bootstrap_metrics,
-    bootstrap_se,
     macro_f1,
     mcnemar,
     paired_bootstrap_balanced,
-    stratified_bootstrap_indices,
     summarize,
 )
 from featkit.results import files as result_files
@@ -101,29 +105,56 @@ def test_changed_data_with_fewer_episodes_replaces_the_old_rows(tmp_path: Path) 
     assert row["n_episodes"] == 2 and row["mean"] == pytest.approx(expected)
 
 
-def test_bootstrap_matches_resampling_image_indices_and_is_fast() -> None:
-    # Independent truth: resample test images within each class by index, score each
-    # draw with the plain metric functions, take the spread.
-    rng = np.random.default_rng(3)
-    y = np.repeat(np.arange(4), [120, 60, 15, 3])
-    pred = np.where(rng.random(y.size) < 0.7, y, rng.integers(0, 5, y.size))  # 4 = never true
-    idx = stratified_bootstrap_indices(y, 1500, 7)
-    assert all(np.bincount(y[i], minlength=4).tolist() == [120, 60, 15, 3] for i in idx[:20])
-    by_index = {
-        "accuracy": [np.mean(y[i] == pred[i]) for i in idx],
+def _scored_by_index(y: np.ndarray, pred: np.ndarray, idx: np.ndarray) -> dict[str, list[float]]:
+    # Independent truth: each draw's images scored with the plain metric functions.
+    return {
+        "accuracy": [float(np.mean(y[i] == pred[i])) for i in idx],
         "balanced_accuracy": [balanced_accuracy(y[i], pred[i]) for i in idx],
         "macro_f1": [macro_f1(y[i], pred[i]) for i in idx],
     }
-    draws = bootstrap_metrics(y, pred, n_boot=1500, seed=11)
+
+
+@pytest.fixture
+def imbalanced_prediction() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(3)
+    y = np.repeat(np.arange(4), [120, 60, 15, 3])
+    pred = np.where(rng.random(y.size) < 0.7, y, rng.integers(0, 5, y.size))  # 4 = never true
+    return y, pred
+
+
+def test_counted_bootstrap_is_resampling_image_indices(
+    imbalanced_prediction: tuple[np.ndarray, np.ndarray],
+) -> None:
+    y, pred = imbalanced_prediction
+    idx = stratified_bootstrap_indices(y, 300, 7)
+    assert all(np.bincount(y[i], minlength=4).tolist() == [120, 60, 15, 3] for i in idx[:20])
+    bootstrap = StratifiedBootstrap(y, 300, 7)
+    for other in (pred, np.roll(pred, 5), np.full(y.size, 9)):  # one set of draws, any prediction
+        draws = bootstrap.draws(other)
+        for name, values in _scored_by_index(y, other, idx).items():
+            np.testing.assert_allclose(draws[name], values, rtol=0, atol=1e-12, err_msg=name)
+    with pytest.raises(FeatkitError, match="y_pred: expected 198 labels"):
+        bootstrap.draws(pred[:-1])
+
+
+def test_sampled_bootstrap_matches_resampling_image_indices_and_is_fast(
+    imbalanced_prediction: tuple[np.ndarray, np.ndarray],
+) -> None:
+    # The route for large test sets draws confusion counts, not images: the same
+    # distribution, so its spread agrees with index resampling's within Monte Carlo error.
+    y, pred = imbalanced_prediction
+    by_index = _scored_by_index(y, pred, stratified_bootstrap_indices(y, 1500, 7))
+    draws = StratifiedBootstrap(y, 1500, 11, counts_limit=0).draws(pred)
     for name, values in by_index.items():
         assert np.mean(draws[name]) == pytest.approx(np.mean(values), abs=0.005), name
         assert np.std(draws[name]) == pytest.approx(np.std(values), rel=0.1), name
-    big_y = np.repeat(np.arange(100), 100)  # 10,000 test images, 100 classes
+    big_y = np.repeat(np.arange(100), 100)  # 10,000 test images, 100 classes: sampled
     start = time.perf_counter()
     bootstrap_se(big_y, np.roll(big_y, 7), n_boot=1000, seed=0)
     # Milliseconds here; the bound is loose so a slow CI machine passes, while a
     # per-draw Python loop over 10,000 images (minutes) would not.
     assert time.perf_counter() - start < 10
+    assert bootstrap_metrics(y, pred, 1500, 11)["accuracy"].shape == (1500,)
 
 
 def test_bootstrap_interval_covers_the_true_accuracy() -> None:
@@ -201,6 +232,28 @@ def test_paired_bootstrap_sees_a_lost_minority_class_that_mcnemar_cannot() -> No
     assert difference == pytest.approx(0.5) and p == 0.0  # balanced accuracy 100 vs 50
     difference, p = paired_bootstrap_balanced(a, a, n_boot=500)
     assert difference == 0 and p == 1.0
+
+
+def test_paired_bootstrap_is_resampling_images_within_classes() -> None:
+    # Reference: each draw picks every class's images by index, the same picks for A and
+    # B, and averages the per-class mean differences; p counts draws on either side of 0.
+    rng = np.random.default_rng(4)
+    for trial in range(40):
+        episodes = int(rng.integers(1, 11))  # blocks are correctness averaged over episodes
+        sizes = rng.integers(1, 40, int(rng.integers(1, 8)))
+        a = [rng.integers(0, episodes + 1, n) / episodes for n in sizes]
+        b = [x.copy() for x in a] if trial % 3 == 0 else [rng.permutation(x) for x in a]
+        b[0][0] = 1 - b[0][0]
+        draws = np.random.default_rng(trial)
+        picks = [draws.integers(0, n, size=(300, n)) for n in sizes]
+        pairs = zip(a, b, picks, strict=True)
+        diffs = np.mean([(x - y)[i].mean(axis=1) for x, y, i in pairs], axis=0)
+        diffs[np.abs(diffs) <= 1e-12] = 0.0  # cancelling differences are ties
+        expected_p = min(1.0, 2 * min(np.mean(diffs <= 0), np.mean(diffs >= 0)))
+        difference, p = paired_bootstrap_balanced(a, b, n_boot=300, seed=trial)
+        observed = [np.mean(x - y) for x, y in zip(a, b, strict=True)]
+        assert difference == pytest.approx(np.mean(observed))
+        assert p == expected_p
 
 
 def test_a_crash_between_renames_is_rolled_forward(

@@ -99,3 +99,17 @@ print(json.dumps({"new": sorted({i["filepath"] for i in inside} - before),
     found = json.loads(out.stdout.strip().splitlines()[-1])
     assert found["new"], "the import loaded no new thread pool: the check would be vacuous"
     assert found["threads"] and set(found["threads"]) == {1}
+
+
+def test_others_busy_leaves_out_this_process_own_work() -> None:
+    from featkit.threads import CpuSample, busy_cores, others_busy
+
+    # 2 cores over 1 s: 200 jiffies, 150 of them busy; this process used 1 CPU second.
+    start = CpuSample([0, 0, 0, 0, 0], own=10.0, wall=100.0)
+    end = CpuSample([150, 0, 0, 50, 0], own=11.0, wall=101.0)
+    assert others_busy(start, end, 2) == pytest.approx(0.5)
+    # Counting its own core as taken would leave one thread; 1.5 free cores give two.
+    assert plan_threads(2, busy_cores(start.stat, end.stat, 2)) == 1
+    assert plan_threads(2, others_busy(start, end, 2)) == 2
+    assert others_busy(start, CpuSample(None, 11.0, 101.0), 2) is None  # no /proc/stat
+    assert others_busy(end, end, 2) == 0.0  # no time passed: nothing measured

@@ -133,3 +133,20 @@ def check_same_images(
             "models compared side by side must see the same test images "
             "(--allow-different-images to evaluate them anyway)"
         )
+
+
+def check_one_store_per_model(
+    data: CheckedData, path: Path, seen: dict[tuple[str, str], Path]
+) -> None:
+    """Refuse a second store of the same dataset and model in one probe.
+
+    Their rows would describe the same configurations, so each write would replace the
+    other store's rows in the workspace.
+    """
+    first = seen.setdefault((data.dataset, data.model), path)
+    if first != path:
+        raise FeatkitError(
+            f"store {path}: expected one store per dataset and model, got a second one of "
+            f"dataset {data.dataset!r} and model {data.model!r} (first: {first}); their rows "
+            "would replace each other (probe them one at a time, or into other workspaces)"
+        )

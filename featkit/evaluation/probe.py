@@ -24,10 +24,16 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
+from featkit.bootstrap import DEFAULT_BOOTSTRAP, StratifiedBootstrap
 from featkit.clustering import clustering_metrics, match_clusters
 from featkit.cost import measure
 from featkit.errors import FeatkitError
-from featkit.evaluation.checks import check_data, check_same_images, warn_small_test_classes
+from featkit.evaluation.checks import (
+    check_data,
+    check_one_store_per_model,
+    check_same_images,
+    warn_small_test_classes,
+)
 from featkit.evaluation.fits import SweepFits
 from featkit.evaluation.records import data_id, episode_records
 from featkit.evaluation.rows import ProbeResults
@@ -41,17 +47,10 @@ from featkit.evaluation.specs import (  # noqa: F401
     protocol_grid,
 )
 from featkit.evaluation.splits import DEFAULT_EPISODES, DEFAULT_TEST_FRACTION, Episode, Sweep
-from featkit.metrics import DEFAULT_BOOTSTRAP
 from featkit.progress import SILENT, Progress
 from featkit.protocols import Protocol
-from featkit.results.io import (
-    CONFUSION_COLUMNS,
-    PER_CLASS_COLUMNS,
-    RESULT_COLUMNS,
-    run_id,
-    write_results,
-)
-from featkit.threads import limit_threads, planned_threads
+from featkit.results.io import CONFUSION_COLUMNS, PER_CLASS_COLUMNS, RESULT_COLUMNS, run_id
+from featkit.threads import cpu_sample, limit_threads, planned_threads
 
 logger = logging.getLogger("featkit")
 
@@ -209,10 +208,15 @@ def evaluate_arrays(
     confusion: list[dict[str, Any]] = []
     task = progress.task(f"probe {data.dataset}/{data.model}", len(jobs))
     fits = SweepFits(data.features, y, [(job.kind, job.spec, job.draw) for job in jobs])
+    # Episodes share their test set (but for --splits folds): its resamples are drawn once.
+    bootstraps: dict[bytes, StratifiedBootstrap] = {}
     try:
         for job in jobs:
             X, spec, draw = data.features[job.kind], job.spec, job.draw
             y_test = y[draw.test]
+            key = draw.test.tobytes()
+            if key not in bootstraps:
+                bootstraps[key] = StratifiedBootstrap(y_test, settings.bootstrap, settings.seed)
             metrics: dict[str, float] | None = None
             scores, score_classes = None, None
             fit_seconds = 0.0
@@ -250,8 +254,7 @@ def evaluate_arrays(
                 scores=scores,
                 score_classes=score_classes,
                 test_paths=[data.paths[i] for i in draw.test],
-                n_boot=settings.bootstrap,
-                seed=settings.seed,
+                bootstrap=bootstraps[key],
             )
             rows += new_rows
             per_class += new_per_class
@@ -298,13 +301,18 @@ def probe_store(
         return evaluate_arrays(load_store(Path(path), settings.features), settings, progress)
 
 
-def _known(data: EvalData, settings: ProbeSettings, existing: ProbeResults) -> ProbeResults | None:
-    """The stored rows of exactly this sweep, or None when any run is missing."""
-    if existing.results.empty:
-        return None
+def _known(
+    data: EvalData, settings: ProbeSettings, existing: ProbeResults | None
+) -> ProbeResults | None:
+    """The stored rows of exactly this sweep, or None when any run is missing.
+
+    Draws the sweep's episodes first, so that shots a store cannot give fail here.
+    """
     settings = _with_selection(settings)
     label_free = any(not s.supervised for s in settings.protocols)
-    draws = _episodes(data, settings, with_zero=label_free, warn=False)
+    draws = _episodes(data, settings, with_zero=label_free, warn=False)  # warnings come later
+    if existing is None or existing.results.empty:
+        return None
     wanted = {job.base["run_id"] for job in _jobs(data, settings, draws)}
     found = existing.results["run_id"].isin(wanted)
     if not wanted <= set(existing.results.loc[found, "run_id"]):
@@ -337,41 +345,36 @@ def probe(
     A store whose every run (same run id: same data, features and settings) already has
     rows in the workspace is not evaluated again; ``force=True`` recomputes it.
     """
-    from featkit.results.io import read_confusion, read_per_class, read_results
-
     if not stores:
         raise FeatkitError("stores: expected at least one store, got none")
     settings = settings or ProbeSettings()
+    since = cpu_sample()  # the thread plan's measurement spans the checks below
+    existing = ProbeResults.read(workspace) if workspace is not None and not force else None
     images: dict[str, tuple[frozenset[str], Path]] = {}  # dataset → (paths, first store)
-    for path in stores:  # validate everything first; arrays are read again below
-        item = load_store(Path(path), settings.features)
-        check_data(item, settings)
-        _episodes(item, settings, with_zero=False, warn=False)  # warnings come once, below
-        check_same_images(item, Path(path), images, allow_different_images)
-        del item
-    existing = ProbeResults()
-    if workspace is not None and not force:
-        existing = ProbeResults(
-            read_results(workspace), read_per_class(workspace), read_confusion(workspace)
-        )
+    models: dict[tuple[str, str], Path] = {}  # (dataset, model) → its store
     parts: dict[int, ProbeResults] = {}
     pending: list[tuple[int, Path]] = []
-    for index, path in enumerate(stores):
-        # The run ids need the rows (paths, labels, splits), not the feature arrays.
-        known = _known(load_store(Path(path), ()), settings, existing)
+    for index, path in enumerate(stores):  # validate everything first; arrays are read again
+        item = load_store(Path(path), settings.features)
+        check_data(item, settings)
+        known = _known(item, settings, existing)
+        check_same_images(item, Path(path), images, allow_different_images)
+        check_one_store_per_model(item, Path(path), models)
         if known is None:
             pending.append((index, Path(path)))
         else:
             parts[index] = known
-    threads = planned_threads() if pending else 1  # measured only when there is work
+        del item
+    threads = planned_threads(since) if pending else 1  # measured only when there is work
     workers = min(threads if workers is None else workers, len(pending))
     unwritten = [index for index, _ in pending]  # written in store order, whatever finishes first
     for index, result in _evaluated(pending, settings, workers, threads, progress):
         parts[index] = result
+        ready = []
         while unwritten and unwritten[0] in parts:
-            done = parts[unwritten.pop(0)]
-            if workspace is not None:
-                write_results(workspace, done.results, done.per_class, done.confusion)
+            ready.append(parts[unwritten.pop(0)])
+        if ready and workspace is not None:  # the stores done by now, in one write
+            ProbeResults.concat(ready).write(workspace)
     return ProbeResults.concat(parts[index] for index in sorted(parts))
 
 

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from featkit.bootstrap import DEFAULT_BOOTSTRAP, StratifiedBootstrap
+from featkit.errors import FeatkitError
 from featkit.metrics import (
-    DEFAULT_BOOTSTRAP,
-    bootstrap_se,
     classification_metrics,
     confusion_counts,
     per_class_recall,
@@ -113,6 +113,7 @@ def episode_records(
     test_paths: Sequence[str] = (),
     n_boot: int = DEFAULT_BOOTSTRAP,
     seed: int = 0,
+    bootstrap: StratifiedBootstrap | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """Result rows (one per metric), per-class recall rows and non-zero confusion cells.
 
@@ -120,13 +121,19 @@ def episode_records(
     the cost columns (``seconds``, ``peak_mb``) are optional and repeat on every metric row.
     ``metrics`` defaults to :func:`classification_metrics` of the predictions (clustering
     passes its own). Per-class rows cover the classes with training or test images.
+    ``bootstrap`` holds the resamples of this test set when a caller scores several
+    predictions on it (drawn here from ``n_boot`` and ``seed`` otherwise).
     """
     y_tr = np.asarray(y_train, dtype=np.int64)
     t = np.asarray(y_test, dtype=np.int64)
     p = np.asarray(y_pred, dtype=np.int64)
     if metrics is None:
         metrics = classification_metrics(t, p, scores, score_classes)
-    se = bootstrap_se(t, p, n_boot, seed)
+    if bootstrap is None:
+        bootstrap = StratifiedBootstrap(t, n_boot, seed)
+    elif not np.array_equal(bootstrap.y_true, t):
+        raise FeatkitError("bootstrap: expected the resamples of this test set, got another's")
+    se = bootstrap.standard_errors(p)
     correct = encode_correct(t == p, test_paths, t)
     rows = [
         {

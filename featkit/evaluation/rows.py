@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
-from featkit.results.io import CONFUSION_COLUMNS, PER_CLASS_COLUMNS, RESULT_COLUMNS
+from featkit.results.io import (
+    CONFUSION_COLUMNS,
+    PER_CLASS_COLUMNS,
+    RESULT_COLUMNS,
+    read_confusion,
+    read_per_class,
+    read_results,
+    write_results,
+)
 
 
 @dataclass
@@ -23,6 +32,15 @@ class ProbeResults:
     confusion: pd.DataFrame = field(
         default_factory=lambda: pd.DataFrame(columns=list(CONFUSION_COLUMNS))
     )
+
+    @classmethod
+    def read(cls, workspace: Path) -> ProbeResults:
+        """Every row a workspace holds."""
+        return cls(read_results(workspace), read_per_class(workspace), read_confusion(workspace))
+
+    def write(self, workspace: Path) -> None:
+        """Merge these rows into the workspace's results (:func:`write_results`)."""
+        write_results(workspace, self.results, self.per_class, self.confusion)
 
     @classmethod
     def concat(cls, parts: Iterable[ProbeResults]) -> ProbeResults:
