@@ -88,8 +88,11 @@ class StratifiedBootstrap:
         t, p = paired_labels(self.y_true, y_pred)
         labels = np.union1d(self.classes, p)
         rows = np.searchsorted(labels, self.classes)  # where each test class sits in labels
-        route = self._counted if self._times is not None else self._sampled
-        hits, predicted = route(np.searchsorted(labels, p), t == p, rows, labels.size)
+        at = np.searchsorted(labels, p)  # each prediction's position in labels
+        if self._times is not None:
+            hits, predicted = self._counted(at, t == p, labels.size)
+        else:
+            hits, predicted = self._sampled(at, rows, labels.size)
         tp = np.zeros_like(predicted)
         tp[:, rows] = hits
         n_true = np.zeros(labels.size)
@@ -111,17 +114,10 @@ class StratifiedBootstrap:
         return {name: float(v.std(ddof=1)) for name, v in self.draws(y_pred).items()}
 
     def _counted(
-        self,
-        predicted_at: NDArray[np.int64],
-        right: NDArray[np.bool_],
-        rows: NDArray[np.int64],
-        n_labels: int,
+        self, predicted_at: NDArray[np.int64], right: NDArray[np.bool_], n_labels: int
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """Per draw: hits per test class ``[B, C]`` and predictions per label ``[B, L]``.
-
-        ``predicted_at``: each image's predicted label as a position in the labels;
-        ``right``: whether it is correct; ``rows``: each test class's label position.
-        """
+        """Per draw: hits per test class ``[B, C]`` and predictions per label ``[B, L]``,
+        from each image's predicted label position and whether it is right."""
         assert self._times is not None
         n_classes, images = self.classes.size, np.arange(self.y_true.size)
         weights = np.zeros((images.size, n_classes + n_labels), np.float32)
@@ -132,14 +128,10 @@ class StratifiedBootstrap:
         return counts[:, :n_classes], counts[:, n_classes:]
 
     def _sampled(
-        self,
-        predicted_at: NDArray[np.int64],
-        right: NDArray[np.bool_],
-        rows: NDArray[np.int64],
-        n_labels: int,
+        self, predicted_at: NDArray[np.int64], rows: NDArray[np.int64], n_labels: int
     ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """As :meth:`_counted`, sampled from the confusion matrix's rows (``right`` is
-        implied by the cells)."""
+        """As :meth:`_counted`, sampled from the confusion matrix's rows; ``rows``: each
+        test class's label position."""
         rng = np.random.default_rng(self.seed)
         cells, counts = np.unique(self._class_of * n_labels + predicted_at, return_counts=True)
         cell_class, cell_label = np.divmod(cells, n_labels)
