@@ -29,7 +29,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from featkit.errors import FeatkitError
-from featkit.metrics import as_labels, paired_labels
+from featkit.metrics import as_labels, paired_labels, times_drawn
 
 DEFAULT_BOOTSTRAP = 1000
 # Draw × image cells up to which the counted route keeps its table (float32: 16 MiB). Its
@@ -75,9 +75,7 @@ class StratifiedBootstrap:
         n = self.y_true.size
         if self.n_boot * n <= counts_limit:
             draws = stratified_bootstrap_indices(self.y_true, self.n_boot, self.seed)
-            cells = (draws + (np.arange(self.n_boot) * n)[:, None]).ravel()
-            times = np.bincount(cells, minlength=self.n_boot * n)
-            self._times = times.reshape(self.n_boot, n).astype(np.float32)
+            self._times = times_drawn(draws, n).astype(np.float32)
 
     def draws(self, y_pred: ArrayLike) -> dict[str, NDArray[np.float64]]:
         """``accuracy``, ``balanced_accuracy`` and ``macro_f1`` of each draw, ``[n_boot]`` each.

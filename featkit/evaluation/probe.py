@@ -301,9 +301,7 @@ def probe_store(
         return evaluate_arrays(load_store(Path(path), settings.features), settings, progress)
 
 
-def _known(
-    data: EvalData, settings: ProbeSettings, existing: ProbeResults | None
-) -> ProbeResults | None:
+def _known(data: EvalData, settings: ProbeSettings, existing: ProbeResults) -> ProbeResults | None:
     """The stored rows of exactly this sweep, or None when any run is missing.
 
     Draws the sweep's episodes first, so that shots a store cannot give fail here.
@@ -311,7 +309,7 @@ def _known(
     settings = _with_selection(settings)
     label_free = any(not s.supervised for s in settings.protocols)
     draws = _episodes(data, settings, with_zero=label_free, warn=False)  # warnings come later
-    if existing is None or existing.results.empty:
+    if existing.results.empty:
         return None
     wanted = {job.base["run_id"] for job in _jobs(data, settings, draws)}
     found = existing.results["run_id"].isin(wanted)
@@ -349,7 +347,9 @@ def probe(
         raise FeatkitError("stores: expected at least one store, got none")
     settings = settings or ProbeSettings()
     since = cpu_sample()  # the thread plan's measurement spans the checks below
-    existing = ProbeResults.read(workspace) if workspace is not None and not force else None
+    existing = (
+        ProbeResults.read(workspace) if workspace is not None and not force else ProbeResults()
+    )
     images: dict[str, tuple[frozenset[str], Path]] = {}  # dataset → (paths, first store)
     models: dict[tuple[str, str], Path] = {}  # (dataset, model) → its store
     parts: dict[int, ProbeResults] = {}
