@@ -152,6 +152,36 @@ def test_curvature_diagonal_is_the_hessian_diagonal() -> None:
         np.testing.assert_allclose(diagonal[:, j], (up[:, j] - down[:, j]) / (2 * h), rtol=1e-5)
 
 
+@pytest.mark.parametrize("min_rows", [8, 12])
+def test_rows_in_blocks_evaluate_as_all_rows_at_once(
+    min_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Objective, gradient and Hessian diagonal summed block by block equal those of
+    one block; the blocks cover every row once."""
+    import featkit_protocols.logistic_solver as solver
+
+    problem, theta, lam = _stacked_episodes()
+    assert len(problem._blocks()) == 1  # a small problem is one block
+    loss, grad = problem.loss_grad(theta, lam)
+    diagonal = problem.curvature_diagonal(theta, lam)
+    monkeypatch.setattr(solver, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(solver, "MIN_BLOCK_ROWS", min_rows)
+    blocks = problem._blocks()
+    n = problem.Z.shape[1]
+    sizes = {len(range(n)[rows]) for rows in blocks}
+    assert len(blocks) == n // min_rows and max(sizes) - min(sizes) <= min_rows
+    np.testing.assert_array_equal(
+        np.concatenate([np.arange(n)[rows] for rows in blocks]), np.arange(n)
+    )
+    kept: list[np.ndarray] = []
+    block_loss, block_grad = problem.loss_grad(theta, lam, kept)
+    assert len(kept) == len(blocks)
+    np.testing.assert_allclose(block_loss, loss, rtol=1e-12)
+    np.testing.assert_allclose(block_grad, grad, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(problem.curvature_diagonal(theta, lam), diagonal, rtol=1e-9)
+    np.testing.assert_allclose(problem.curvature_diagonal(theta, lam, kept), diagonal, rtol=1e-9)
+
+
 def test_narrowed_problem_evaluates_the_folds_left_as_the_whole() -> None:
     """Done folds drop out by whole groups and by fold positions done in every group
     left; the folds kept have the objective and gradient they have in the whole."""
