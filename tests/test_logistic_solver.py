@@ -160,18 +160,19 @@ def test_rows_in_blocks_evaluate_as_all_rows_at_once(
     one block; the blocks cover every row once."""
     import featkit_protocols.logistic_solver as solver
 
-    problem, theta, lam = _stacked_episodes()
-    assert len(problem._blocks()) == 1  # a small problem is one block
-    loss, grad = problem.loss_grad(theta, lam)
-    diagonal = problem.curvature_diagonal(theta, lam)
+    whole, theta, lam = _stacked_episodes()
+    assert len(whole._blocks) == 1  # a small problem is one block
+    loss, grad = whole.loss_grad(theta, lam)
+    diagonal = whole.curvature_diagonal(theta, lam)
     monkeypatch.setattr(solver, "BLOCK_BYTES", 1)
     monkeypatch.setattr(solver, "MIN_BLOCK_ROWS", min_rows)
-    blocks = problem._blocks()
-    n = problem.Z.shape[1]
-    sizes = {len(range(n)[rows]) for rows in blocks}
-    assert len(blocks) == n // min_rows and max(sizes) - min(sizes) <= min_rows
+    problem, _, _ = _stacked_episodes()
+    blocks = problem._blocks
+    sizes = [rows.Z.shape[1] for rows in blocks]
+    assert len(blocks) == problem.Z.shape[1] // min_rows and max(sizes) - min(sizes) < len(blocks)
+    np.testing.assert_array_equal(np.concatenate([rows.Z for rows in blocks], axis=1), problem.Z)
     np.testing.assert_array_equal(
-        np.concatenate([np.arange(n)[rows] for rows in blocks]), np.arange(n)
+        np.concatenate([rows.targets for rows in blocks], axis=2), problem.targets
     )
     kept: list[np.ndarray] = []
     block_loss, block_grad = problem.loss_grad(theta, lam, kept)

@@ -50,6 +50,7 @@ would have it (8 % fewer evaluations, but farther from the optimum at small C).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from numpy.typing import NDArray
@@ -68,6 +69,15 @@ MEMORY = 10  # curvature pairs kept (scipy's default)
 ARMIJO = 1e-4  # sufficient-decrease constant of the backtracking line search
 MAX_HALVINGS = 30  # backtracking steps before a fold counts as converged
 FTOL = 64 * np.finfo(float).eps  # relative decrease that ends a fold (scipy's setting)
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """A block of a problem's rows: views of its features, weights and targets."""
+
+    Z: NDArray[np.floating]  # [G, m, r]
+    weights: NDArray[np.float64]  # [G·F, m]
+    targets: NDArray[np.float64]  # [G·F, K, m]
 
 
 @dataclass
@@ -185,22 +195,28 @@ class Problem:
         products = (stacked @ np.swapaxes(Z, -1, -2)).astype(np.float64, copy=False)
         return products.reshape(-1, K, m) + b[..., None]
 
-    def _blocks(self) -> list[slice]:
+    @cached_property
+    def _blocks(self) -> list[_Rows]:
         """The rows in equal blocks of at least ``BLOCK_BYTES`` of features and
         ``MIN_BLOCK_ROWS`` rows (one block for a small problem: a short last block cost
-        more in per-call overhead than it saved)."""
+        more in per-call overhead than it saved); views, made once per problem."""
         G, n, r = self.Z.shape
         rows = max(MIN_BLOCK_ROWS, BLOCK_BYTES // (G * r * self.Z.itemsize))
         size = -(-n // max(1, n // rows))
-        return [slice(start, start + size) for start in range(0, n, size)]
+        if size >= n:
+            return [_Rows(self.Z, self.weights, self.targets)]
+        return [
+            _Rows(self.Z[:, block], self.weights[:, block], self.targets[:, :, block])
+            for block in (slice(start, start + size) for start in range(0, n, size))
+        ]
 
     def _softmax(
-        self, theta: NDArray[np.float64], rows: slice
+        self, theta: NDArray[np.float64], rows: _Rows
     ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
         """For the block ``rows``: each fold's logits less their row maximum, the
         probabilities ``[G·F, K, m]`` and the normalisers ``[G·F, m]`` (of the shifted
         logits)."""
-        logits = self.logits(theta, self.Z[:, rows])
+        logits = self.logits(theta, rows.Z)
         logits -= logits.max(axis=1, keepdims=True)
         probabilities = np.exp(logits)
         total = probabilities.sum(axis=1)
@@ -208,14 +224,14 @@ class Problem:
         return logits, probabilities, total
 
     def _accumulate(
-        self, into: NDArray[np.float64], weights: NDArray[np.float64], rows: slice
+        self, into: NDArray[np.float64], weights: NDArray[np.float64], features: NDArray
     ) -> None:
-        """Add ``weights [G·F, K, m]`` of the block's rows times its features to the
-        coefficient part of ``into [G·F, p]``, and their sum over the rows to the
-        intercept part."""
+        """Add ``weights [G·F, K, m]`` of a block's rows times their ``features
+        [G, m, r]`` to the coefficient part of ``into [G·F, p]``, and the weights' sum
+        over the rows to the intercept part."""
         F, K, m = weights.shape
         flat = weights.reshape(len(self.Z), -1, m).astype(self.Z.dtype, copy=False)
-        into[:, :-K] += (flat @ self.Z[:, rows]).astype(np.float64, copy=False).reshape(F, -1)
+        into[:, :-K] += (flat @ features).astype(np.float64, copy=False).reshape(F, -1)
         into[:, -K:] += weights.sum(axis=2)
 
     def loss_grad(
@@ -228,7 +244,7 @@ class Problem:
         ``keep``: a list that receives each block's probabilities, for
         :meth:`curvature_diagonal` at the same ``θ``.
 
-        Block by block of rows (:meth:`_blocks`): each block's logits, softmax and
+        Block by block of rows (:attr:`_blocks`): each block's logits, softmax and
         gradient product while its features are still in cache. Over all the rows at
         once, the logits product and the gradient product each read every feature from
         memory, and with one fold of ten classes those skinny products are bound by that
@@ -241,16 +257,16 @@ class Problem:
         loss = 0.5 * lam * _dot(penalised, penalised)
         grad = np.zeros_like(theta)
         grad[:, :-K] = lam[:, None] * penalised
-        for rows in self._blocks():
+        for rows in self._blocks:
             logits, probabilities, total = self._softmax(theta, rows)
             if keep is not None:
                 keep.append(probabilities)
-            weights, targets = self.weights[:, rows], self.targets[:, :, rows]
             # Σᵢ wᵢ·(log Σₖ exp zᵢₖ − zᵢ,yᵢ), the targets carrying wᵢ on the true class.
-            loss += _dot(weights, np.log(total)) - _dot(targets, logits).sum(axis=1)
-            residual = probabilities * weights[:, None]
-            residual -= targets
-            self._accumulate(grad, residual, rows)
+            loss += _dot(rows.weights, np.log(total))
+            loss -= _dot(rows.targets.reshape(len(theta), -1), logits.reshape(len(theta), -1))
+            residual = probabilities * rows.weights[:, None]
+            residual -= rows.targets
+            self._accumulate(grad, residual, rows.Z)
         return loss, grad
 
     def curvature_diagonal(
@@ -270,14 +286,9 @@ class Problem:
         K = self.n_classes
         diagonal = np.zeros_like(theta)
         diagonal[:, :-K] = lam[:, None]
-        for i, rows in enumerate(self._blocks()):
+        for i, rows in enumerate(self._blocks):
             p = self._softmax(theta, rows)[1] if probabilities is None else probabilities[i]
-            curvature = p * (1.0 - p) * self.weights[:, None, rows]
-            F, _, m = curvature.shape
-            flat = curvature.reshape(len(self.Z), -1, m).astype(self.Z.dtype, copy=False)
-            squares = np.square(self.Z[:, rows])
-            diagonal[:, :-K] += (flat @ squares).astype(np.float64, copy=False).reshape(F, -1)
-            diagonal[:, -K:] += curvature.sum(axis=2)
+            self._accumulate(diagonal, p * (1.0 - p) * rows.weights[:, None], np.square(rows.Z))
         diagonal[:, -K:] = np.maximum(diagonal[:, -K:], 1e-12)
         return diagonal
 
