@@ -12,7 +12,8 @@ from threadpoolctl import threadpool_limits
 from featkit.metrics import balanced_accuracy
 from featkit.protocols import create_protocol
 from featkit_protocols.logistic import c_grid, pick_c, selection_folds
-from featkit_protocols.logistic_solver import Problem, fold_balanced_accuracy, minimize
+from featkit_protocols.logistic_search import fold_balanced_accuracy
+from featkit_protocols.logistic_solver import Problem, minimize
 
 
 @pytest.fixture(autouse=True)

@@ -33,10 +33,8 @@ saved a few more evaluations and cost two products each time.
 What keeps a call cheap where the products are tiny and per-operation overhead
 dominates: float64 features below ``FLOAT32_FROM`` values (no casts of the parameters
 at every call), float32 above (the products dominate and halve in cost); targets
-stored once as weighted one-hot rows (no gathers per call); held-out balanced accuracy
-of all folds at once (:func:`fold_balanced_accuracy`); and, where the rows are many,
-the objective evaluated in blocks of rows (:meth:`Problem.loss_grad`), each block's
-logits and gradient products done while its features are in cache.
+stored once as weighted one-hot rows (no gathers per call); and, where the rows are
+many, the objective in blocks of rows (:meth:`Problem.loss_grad`).
 
 Tried and dropped: carrying the curvature pairs from one C to the next, corrected
 exactly for the change of penalty (483 evaluations instead of 445 on a 1,000 × 768,
@@ -60,10 +58,7 @@ from numpy.typing import NDArray
 # parameter arrays at every call, which costs more than the products themselves.
 FLOAT32_FROM = 1 << 20
 
-# Rows are evaluated in blocks of at least this many bytes of features and
-# MIN_BLOCK_ROWS rows (Problem.loss_grad).
-BLOCK_BYTES = 1 << 21
-MIN_BLOCK_ROWS = 256
+BLOCK_BYTES, MIN_BLOCK_ROWS = 1 << 21, 256  # a block of rows holds at least both (_blocks)
 
 MEMORY = 10  # curvature pairs kept (scipy's default)
 ARMIJO = 1e-4  # sufficient-decrease constant of the backtracking line search
@@ -197,9 +192,9 @@ class Problem:
 
     @cached_property
     def _blocks(self) -> list[_Rows]:
-        """The rows in equal blocks of at least ``BLOCK_BYTES`` of features and
-        ``MIN_BLOCK_ROWS`` rows (one block for a small problem: a short last block cost
-        more in per-call overhead than it saved); views, made once per problem."""
+        """Views of the rows in equal blocks of at least ``BLOCK_BYTES`` of features and
+        ``MIN_BLOCK_ROWS`` rows (one block below two: a short last block cost more in
+        per-call overhead than it saved)."""
         G, n, r = self.Z.shape
         rows = max(MIN_BLOCK_ROWS, BLOCK_BYTES // (G * r * self.Z.itemsize))
         size = -(-n // max(1, n // rows))
@@ -214,8 +209,7 @@ class Problem:
         self, theta: NDArray[np.float64], rows: _Rows
     ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
         """For the block ``rows``: each fold's logits less their row maximum, the
-        probabilities ``[G·F, K, m]`` and the normalisers ``[G·F, m]`` (of the shifted
-        logits)."""
+        probabilities ``[G·F, K, m]`` and the normalisers ``[G·F, m]``."""
         logits = self.logits(theta, rows.Z)
         logits -= logits.max(axis=1, keepdims=True)
         probabilities = np.exp(logits)
@@ -244,13 +238,10 @@ class Problem:
         ``keep``: a list that receives each block's probabilities, for
         :meth:`curvature_diagonal` at the same ``θ``.
 
-        Block by block of rows (:attr:`_blocks`): each block's logits, softmax and
-        gradient product while its features are still in cache. Over all the rows at
-        once, the logits product and the gradient product each read every feature from
-        memory, and with one fold of ten classes those skinny products are bound by that
-        reading: a whole C search on 9,999 × 768 float32 features (one hold-out fold)
-        took a fifth less time in blocks (docs/performance.md). Small problems are one
-        block, evaluated as before.
+        Block by block of rows (:attr:`_blocks`), each block's logits and gradient
+        products while its features are in cache: over all rows at once, the skinny
+        products of one fold's ten classes each read every feature from memory, and a
+        C search on 9,999 × 768 float32 features (one hold-out fold) took 15 % longer.
         """
         K = self.n_classes
         penalised = theta[:, :-K]
@@ -407,21 +398,3 @@ def minimize(
         active &= (np.abs(g).max(axis=1) > tol) & ~stalled
     solution[rows] = x
     return solution
-
-
-def fold_balanced_accuracy(
-    predicted: NDArray[np.int64], y: NDArray[np.int64], valid: NDArray[np.bool_], n_classes: int
-) -> NDArray[np.float64]:
-    """Balanced accuracy ``[F]`` of each fold's predictions ``[F, h]`` on its valid rows.
-
-    The mean recall over the classes present in the fold's held-out rows, as
-    :func:`featkit.metrics.balanced_accuracy`, for all folds in a few array operations.
-    """
-    F = predicted.shape[0]
-    cell = (np.arange(F)[:, None] * n_classes + y)[valid]
-    total = np.bincount(cell, minlength=F * n_classes).reshape(F, n_classes)
-    hits = np.bincount(cell[(predicted == y)[valid]], minlength=F * n_classes)
-    hits = hits.reshape(F, n_classes)
-    present = total > 0
-    recall = np.where(present, hits / np.maximum(total, 1), 0.0)
-    return recall.sum(axis=1) / present.sum(axis=1)
