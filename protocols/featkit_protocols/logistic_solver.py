@@ -198,8 +198,6 @@ class Problem:
         G, n, r = self.Z.shape
         rows = max(MIN_BLOCK_ROWS, BLOCK_BYTES // (G * r * self.Z.itemsize))
         size = -(-n // max(1, n // rows))
-        if size >= n:
-            return [_Rows(self.Z, self.weights, self.targets)]
         return [
             _Rows(self.Z[:, block], self.weights[:, block], self.targets[:, :, block])
             for block in (slice(start, start + size) for start in range(0, n, size))
